@@ -1,0 +1,133 @@
+"""The one exception tree of bulkgen.
+
+Everything bulkgen raises on purpose derives from :class:`BulkgenError`. Errors of the
+libraries underneath (asyncpg, redis, openai/httpx) are translated at one boundary each
+(``db/``, ``cache.py``/``limits/``, ``providers/``) with ``raise ... from exc``, so callers
+only ever catch our types::
+
+    BulkgenError
+    ├── ConfigError                 invalid settings or options
+    ├── InputError                  a batch file or list that cannot be accepted (row, field)
+    ├── StorageError                the database failed or is unreachable
+    ├── BudgetExceeded              a batch's spending cap would be passed
+    ├── RequestTooLarge             one request is bigger than the whole token budget
+    └── ProviderError               one provider call failed; knows if a retry may help
+        ├── RateLimited             429 rate_limit_exceeded (snooze, never burns an attempt)
+        ├── QuotaExhausted          429 insufficient_quota (fails at once)
+        ├── ProviderRejected        400/401/403/404/422 (fails at once)
+        ├── ProviderUnavailable     5xx
+        ├── ProviderTimeout         no answer in time
+        ├── ProviderConnectionError connection refused/reset
+        └── InvalidOutput           empty, whitespace-only, malformed or truncated output
+
+``ProviderError.kind`` is the short name stored in ``jobs.error_kind``.
+"""
+
+from __future__ import annotations
+
+
+class BulkgenError(Exception):
+    """Root of every error bulkgen raises on purpose."""
+
+
+class ConfigError(BulkgenError):
+    """Settings or options that cannot work; raised at the edge, before any work starts."""
+
+
+class InputError(BulkgenError):
+    """Batch input rejected whole; ``row`` is 1-based (data rows), ``field`` names the column."""
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
+        where = []
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{message}")
+        self.row = row
+        self.field = field
+
+
+class StorageError(BulkgenError):
+    """The database refused an operation or could not be reached."""
+
+
+class BudgetExceeded(BulkgenError):
+    """Sending one more request would take a batch past its spending cap."""
+
+
+class RequestTooLarge(BulkgenError):
+    """A single request needs more tokens than the whole per-minute budget: it can never run."""
+
+
+class ProviderError(BulkgenError):
+    """A provider call failed.
+
+    ``retryable`` says whether the same request may succeed later; ``retry_after_s`` carries
+    the provider's own hint (``retry-after``/``retry-after-ms``) when it gave one.
+    """
+
+    kind = "provider_error"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}
+
+
+class RateLimited(ProviderError):
+    """429 rate limit: the request was fine, the fleet was too fast."""
+
+    kind = "rate_limited"
+
+
+class QuotaExhausted(ProviderError):
+    """429 insufficient_quota: no retry can help until someone pays."""
+
+    kind = "insufficient_quota"
+    retryable = False
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself (400/401/403/404/422)."""
+
+    kind = "rejected"
+    retryable = False
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider answered 5xx."""
+
+    kind = "server_error"
+
+
+class ProviderTimeout(ProviderError):
+    """No complete answer within the timeout."""
+
+    kind = "timeout"
+
+
+class ProviderConnectionError(ProviderError):
+    """The connection failed or was dropped."""
+
+    kind = "connection_error"
+
+
+class InvalidOutput(ProviderError):
+    """The provider answered, but not with usable content (empty, malformed, truncated)."""
+
+    kind = "invalid_output"
+
+    def __init__(self, message: str, *, reason: str = "invalid_output") -> None:
+        super().__init__(message)
+        self.kind = reason  # "empty", "truncated", "malformed", "too_short", ...

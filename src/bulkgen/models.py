@@ -1,0 +1,57 @@
+"""Plain, frozen data passed between layers. No I/O here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobStatus(enum.StrEnum):
+    """The seed's status names, kept: ``queued -> generating -> formatting -> done``."""
+
+    QUEUED = "queued"
+    GENERATING = "generating"
+    FORMATTING = "formatting"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One provider call: what is sent, and nothing about the job it serves."""
+
+    model: str
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs
+    max_tokens: int
+    temperature: float | None = None
+    extra: tuple[tuple[str, Any], ...] = ()  # further output-changing options, sorted by name
+
+    def as_messages(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def prompt_chars(self) -> int:
+        return sum(len(content) for _, content in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A provider's answer: content, usage, finish reason and its rate-limit headers."""
+
+    content: str
+    usage: Usage
+    finish_reason: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    latency_s: float = 0.0

@@ -1,0 +1,86 @@
+"""Configuration, read from the environment once, at the edge, then passed down frozen.
+
+The seed's names are kept (``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``,
+``OPENAI_BASE_URL``); everything else is ``BULKGEN_*`` with its unit in the name.
+Embedded defaults make a fresh machine work: no ``DATABASE_URL`` starts embedded
+PostgreSQL, no ``REDIS_URL`` keeps cache and limiter in-process, no ``OPENAI_API_KEY``
+uses the built-in simulator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Every knob bulkgen has. Construct with keyword arguments in tests."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BULKGEN_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    # Services (the seed's names, no prefix).
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))
+
+    # Database.
+    data_dir: Path | None = None  # embedded PostgreSQL data folder; None -> user data dir
+    db_pool_max: int = Field(default=20, ge=2, le=500)
+    db_pool_min: int = Field(default=1, ge=0)
+    db_command_timeout_s: float = Field(default=30.0, gt=0)
+
+    # Worker.
+    concurrency: int = Field(default=8, ge=1, le=10_000)
+    lease_s: float = Field(default=60.0, gt=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    poll_s: float = Field(default=2.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    status_flush_ms: int = Field(default=100, ge=1)
+
+    # Generation.
+    model: str = "gpt-4o"
+    max_tokens: int = Field(default=1500, ge=1)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    min_words: int = Field(default=30, ge=0)
+    provider_timeout_s: float = Field(default=120.0, gt=0)
+
+    # Retries.
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_cap_s: float = Field(default=30.0, ge=0)
+    rate_limit_max_wait_s: float = Field(default=600.0, ge=0)
+
+    # Rate limits: None -> learned from the provider's headers ("auto").
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+    # Circuit breaker.
+    breaker_failures: int = Field(default=10, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+    # Cache.
+    cache_ttl_s: int = Field(default=3600, ge=0)
+    cache_scope: Literal["account", "global"] = "account"
+    cache_timeout_ms: int = Field(default=50, ge=1)
+
+    @field_validator("database_url", "redis_url", "openai_base_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.openai_api_key is None and self.openai_base_url is None

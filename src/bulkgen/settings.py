@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(default=3600, ge=0)
     cache_scope: Literal["account", "global"] = "account"
     cache_timeout_ms: int = Field(default=50, ge=1)
+    cache_enabled: bool = True
+    singleflight_wait_s: float = Field(default=30.0, ge=0)
+
+    # Cost: JSON object model -> {"input_per_1m": usd, "output_per_1m": usd}, over the defaults.
+    prices_json: str | None = None
 
     @field_validator("database_url", "redis_url", "openai_base_url", mode="before")
     @classmethod

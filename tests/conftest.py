@@ -6,9 +6,12 @@ With ``CI=true`` a test that needs a missing service fails; elsewhere it fails t
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -47,3 +50,71 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+_TEMPLATE = f"bulkgen_tpl_{os.getpid()}"
+_counter = iter(range(1_000_000))
+
+
+def _admin_url() -> str:
+    """BULKGEN_TEST_DATABASE_URL when set (CI), else the embedded server, started once."""
+    url = os.environ.get("BULKGEN_TEST_DATABASE_URL")
+    if url:
+        return url
+    from pathlib import Path
+
+    from bulkgen.db.embedded import start_embedded
+
+    folder = Path(os.environ.get("BULKGEN_TEST_PGDATA", "/tmp/bulkgen-test-pgdata"))
+    return asyncio.run(start_embedded(folder))
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def _admin_execute(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _build_template(url: str) -> None:
+    from bulkgen.db.migrate import migrate
+    from bulkgen.db.pool import create_pool
+
+    await _admin_execute(
+        url, f'DROP DATABASE IF EXISTS "{_TEMPLATE}"', f'CREATE DATABASE "{_TEMPLATE}"'
+    )
+    pool = await create_pool(_with_database(url, _TEMPLATE), max_size=2)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A PostgreSQL server with a migrated template database for this test session."""
+    try:
+        url = _admin_url()
+        asyncio.run(_build_template(url))
+    except Exception as exc:
+        service_missing("PostgreSQL", exc)
+    yield url
+    asyncio.run(_admin_execute(url, f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test (copied from the template)."""
+    name = f"bulkgen_t_{os.getpid()}_{next(_counter)}"
+    asyncio.run(_admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE}"'))
+    yield _with_database(pg_admin_url, name)
+    asyncio.run(_admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,54 @@
+"""The one bounded connection pool of a process.
+
+The seed opened a client per job and ran out of connections at 300 jobs. Here every
+process owns exactly one ``asyncpg`` pool whose ``max_size`` is a hard cap; callers wait for
+a free connection instead of opening one. Driver errors become :class:`StorageError` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from bulkgen.errors import StorageError
+
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    dsn: str, *, max_size: int, min_size: int = 1, command_timeout_s: float = 30.0
+) -> asyncpg.Pool[Any]:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min(min_size, max_size),
+            max_size=max_size,
+            command_timeout=command_timeout_s,
+            init=_init_connection,
+            server_settings={"application_name": "bulkgen"},
+        )
+    except DRIVER_ERRORS as exc:
+        raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def translate_errors(action: str) -> AsyncIterator[None]:
+    """Turn driver errors into StorageError naming what was being done."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise StorageError(f"{action} failed: {exc}") from exc

@@ -1,0 +1,217 @@
+"""Every SQL statement bulkgen runs, by name (noun then verb). Values are always parameters.
+
+Nothing outside ``bulkgen.db`` knows a table name. Time always comes from the database
+(``now()``), never from a worker's clock, so leases and backoffs agree across machines.
+"""
+
+ACCOUNT_ENSURE = """
+INSERT INTO accounts (name) VALUES ($1)
+ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+RETURNING id
+"""
+
+ACCOUNT_GET_BY_KEY_HASH = "SELECT id, name FROM accounts WHERE api_key_hash = $1"
+
+ACCOUNT_SET_KEY_HASH = "UPDATE accounts SET api_key_hash = $2 WHERE id = $1"
+
+BATCH_INSERT = """
+INSERT INTO batches (id, account_id, options, template, template_version, total, budget_usd)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+# One statement for the whole batch: arrays unnested server-side (10,000 rows in one round
+# trip), then one NOTIFY for the whole enqueue, delivered at commit.
+JOBS_INSERT_MANY = """
+INSERT INTO jobs (batch_id, account_id, input)
+SELECT $1, $2, i FROM unnest($3::jsonb[]) AS i
+"""
+
+JOBS_NOTIFY = "SELECT pg_notify('bulkgen_jobs', $1)"
+
+BATCH_GET = """
+SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
+       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason
+FROM batches b JOIN accounts a ON a.id = b.account_id
+WHERE b.id = $1
+"""
+
+BATCH_COUNTS = """
+SELECT status, count(*) AS jobs,
+       coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+       coalesce(sum(completion_tokens), 0) AS completion_tokens,
+       coalesce(sum(attempts), 0) AS attempts,
+       count(*) FILTER (WHERE cached) AS cached
+FROM jobs WHERE batch_id = $1
+GROUP BY status
+"""
+
+BATCH_ERRORS = """
+SELECT error_kind, count(*) AS jobs, min(error_message) AS example
+FROM jobs WHERE batch_id = $1 AND status IN ('failed', 'cancelled') AND error_kind IS NOT NULL
+GROUP BY error_kind ORDER BY count(*) DESC
+"""
+
+BATCH_CANCEL = """
+WITH b AS (
+    UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()), cancel_reason = $2
+    WHERE id = $1 RETURNING id
+)
+UPDATE jobs SET status = 'cancelled', error_kind = $2, finished_at = now()
+WHERE batch_id = (SELECT id FROM b) AND status = 'queued'
+"""
+
+# Fair claim. Distinct accounts with queued work are found by a skip scan over the claim
+# index (cost grows with accounts, not with the backlog); each account offers at most its
+# free quota, candidates are interleaved round-robin (rank within account first), and only
+# the chosen rows are locked, skipping rows another worker holds.
+JOBS_CLAIM = """
+WITH RECURSIVE active(account_id) AS (
+    (SELECT account_id FROM jobs WHERE status = 'queued' ORDER BY account_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.account_id FROM jobs j
+            WHERE j.status = 'queued' AND j.account_id > active.account_id
+            ORDER BY j.account_id LIMIT 1)
+    FROM active WHERE active.account_id IS NOT NULL
+),
+offer AS (
+    SELECT a.account_id,
+           greatest(0, least($2::int, acc.concurrency_quota - (
+               SELECT count(*) FROM jobs r
+               WHERE r.account_id = a.account_id AND r.status IN ('generating', 'formatting')
+           )))::int AS slots
+    FROM active a JOIN accounts acc ON acc.id = a.account_id
+),
+candidates AS (
+    SELECT c.id, c.rank
+    FROM offer o
+    CROSS JOIN LATERAL (
+        SELECT j.id, row_number() OVER (ORDER BY j.run_after, j.id) AS rank
+        FROM jobs j
+        WHERE j.status = 'queued' AND j.account_id = o.account_id AND j.run_after <= now()
+        ORDER BY j.run_after, j.id
+        LIMIT o.slots
+    ) c
+    ORDER BY c.rank, c.id
+    LIMIT $2
+),
+locked AS (
+    SELECT j.id FROM jobs j
+    WHERE j.id IN (SELECT id FROM candidates) AND j.status = 'queued'
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j
+SET status = 'generating', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
+FROM locked WHERE j.id = locked.id
+RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms,
+          j.max_tokens_grown
+"""
+
+JOBS_PENDING_COUNT = """
+SELECT count(*) FROM jobs
+WHERE status IN ('queued', 'generating', 'formatting')
+  AND ($1::uuid IS NULL OR batch_id = $1)
+"""
+
+JOBS_NEXT_RUN_AFTER = "SELECT min(run_after) - now() FROM jobs WHERE status = 'queued'"
+
+WORKER_REGISTER = """
+INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+"""
+
+# One row write per worker per heartbeat, whatever the number of jobs it holds.
+WORKER_HEARTBEAT = "UPDATE workers SET heartbeat_at = now() WHERE id = $1 RETURNING id"
+
+WORKER_DELETE = "DELETE FROM workers WHERE id = $1"
+
+# Jobs of workers whose heartbeat went stale (or that vanished) go back to the queue. The
+# interrupted attempt counts, so a job that kills every worker that takes it ends failed.
+JOBS_RESCUE = """
+WITH stale AS (
+    DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1) RETURNING id
+)
+UPDATE jobs j
+SET status = CASE WHEN j.attempts + 1 >= $2 THEN 'failed' ELSE 'queued' END,
+    attempts = j.attempts + 1,
+    lease_owner = NULL, lease_expires_at = NULL, run_after = now(),
+    error_kind = 'lease_expired',
+    error_message = 'the worker running this job stopped sending heartbeats',
+    finished_at = CASE WHEN j.attempts + 1 >= $2 THEN now() END
+WHERE j.status IN ('generating', 'formatting')
+  AND (j.lease_owner IN (SELECT id FROM stale)
+       OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.lease_owner))
+RETURNING j.id
+"""
+
+# Shutdown: jobs this worker did not finish go back untouched (no attempt burnt).
+JOBS_RELEASE = """
+UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, run_after = now()
+WHERE lease_owner = $1 AND status IN ('generating', 'formatting') AND id = ANY($2::bigint[])
+RETURNING id
+"""
+
+# Finishing, fenced on the lease owner: a job taken over by another worker is never
+# finished twice. Result and status in one statement; the deferred trigger checks both.
+JOBS_FINISH_DONE = """
+WITH d AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
+                         $7::text[], $8::text[], $9::bool[], $10::int[], $11::int[],
+                         $12::text[])
+        AS t(job_id, content, html, title, word_count, finish_reason, model, cached,
+             prompt_tokens, completion_tokens, cache_key)
+),
+fin AS (
+    UPDATE jobs j
+    SET status = 'done', attempts = j.attempts + CASE WHEN d.cached THEN 0 ELSE 1 END,
+        lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+        prompt_tokens = d.prompt_tokens, completion_tokens = d.completion_tokens,
+        cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
+    FROM d
+    WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+    RETURNING j.id
+)
+INSERT INTO results (job_id, content, html, title, word_count, finish_reason, model)
+SELECT d.job_id, d.content, d.html, d.title, d.word_count, d.finish_reason, d.model
+FROM d JOIN fin ON fin.id = d.job_id
+RETURNING job_id
+"""
+
+JOBS_FINISH_RETRY = """
+UPDATE jobs j
+SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+    run_after = now() + make_interval(secs => d.delay_s),
+    attempts = j.attempts + d.burnt, rate_limited_ms = j.rate_limited_ms + d.rate_limited_ms,
+    max_tokens_grown = j.max_tokens_grown OR d.grow,
+    error_kind = d.error_kind, error_message = d.error_message
+FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::text[], $8::text[])
+    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message)
+WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+RETURNING j.id
+"""
+
+JOBS_FINISH_FAILED = """
+UPDATE jobs j
+SET status = d.status, lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+    attempts = j.attempts + d.burnt, error_kind = d.error_kind, error_message = d.error_message,
+    prompt_tokens = coalesce(d.prompt_tokens, j.prompt_tokens),
+    completion_tokens = coalesce(d.completion_tokens, j.completion_tokens)
+FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::int[])
+    AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens)
+WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+RETURNING j.id
+"""
+
+RESULTS_OF_BATCH = """
+SELECT j.id, j.input, j.status, j.attempts, j.error_kind, j.error_message, j.cached,
+       j.prompt_tokens, j.completion_tokens,
+       r.content, r.html, r.title, r.word_count, r.finish_reason, r.model
+FROM jobs j LEFT JOIN results r ON r.job_id = j.id
+WHERE j.batch_id = $1 AND j.id > $2
+ORDER BY j.id
+LIMIT $3
+"""
+
+CONNECTIONS_OF_APP = """
+SELECT count(*) FROM pg_stat_activity
+WHERE application_name = $1 AND datname = current_database()
+"""

@@ -1,0 +1,284 @@
+"""All database access of bulkgen, over the process's one pool.
+
+Each method takes a connection for one statement (or one short transaction) and gives it
+back at once: nothing here is ever held across a provider call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from bulkgen.db import queries as q
+from bulkgen.db.pool import translate_errors
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    batch_id: uuid.UUID
+    account_id: int
+    input: dict[str, Any]
+    attempts: int
+    rate_limited_ms: int
+    max_tokens_grown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    id: uuid.UUID
+    account_id: int
+    account: str
+    options: dict[str, Any]
+    template: str
+    template_version: str
+    total: int
+    budget_usd: Decimal | None
+    created_at: datetime
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    status: str
+    jobs: int
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+    cached: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoneRow:
+    job_id: int
+    content: str
+    html: str
+    title: str
+    word_count: int
+    finish_reason: str
+    model: str
+    cached: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cache_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRow:
+    job_id: int
+    delay_s: float
+    burnt: int
+    rate_limited_ms: int
+    grow_max_tokens: bool
+    error_kind: str
+    error_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRow:
+    job_id: int
+    status: str  # 'failed' or 'cancelled'
+    burnt: int
+    error_kind: str
+    error_message: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Store:
+    """Named operations on accounts, batches, jobs, results and workers."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self.pool = pool
+
+    async def account_ensure(self, name: str) -> int:
+        async with translate_errors("creating the account"):
+            account_id: int = await self.pool.fetchval(q.ACCOUNT_ENSURE, name)
+        return account_id
+
+    async def batch_create(
+        self,
+        *,
+        account_id: int,
+        options: dict[str, Any],
+        template: str,
+        template_version: str,
+        inputs: Sequence[dict[str, Any]],
+        budget_usd: Decimal | None = None,
+    ) -> uuid.UUID:
+        """Insert a batch and all its jobs atomically: all of them or none."""
+        batch_id = uuid.uuid4()
+        async with translate_errors("enqueuing the batch"), self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute(
+                    q.BATCH_INSERT,
+                    batch_id,
+                    account_id,
+                    options,
+                    template,
+                    template_version,
+                    len(inputs),
+                    budget_usd,
+                )
+                await conn.execute(q.JOBS_INSERT_MANY, batch_id, account_id, list(inputs))
+                await conn.execute(q.JOBS_NOTIFY, str(batch_id))
+        return batch_id
+
+    async def batch_get(self, batch_id: uuid.UUID) -> BatchRecord | None:
+        async with translate_errors("reading the batch"):
+            row = await self.pool.fetchrow(q.BATCH_GET, batch_id)
+        return BatchRecord(**dict(row)) if row else None
+
+    async def batch_counts(self, batch_id: uuid.UUID) -> list[StatusCount]:
+        async with translate_errors("counting the batch"):
+            rows = await self.pool.fetch(q.BATCH_COUNTS, batch_id)
+        return [StatusCount(**dict(r)) for r in rows]
+
+    async def batch_errors(self, batch_id: uuid.UUID) -> list[tuple[str, int, str]]:
+        async with translate_errors("reading batch errors"):
+            rows = await self.pool.fetch(q.BATCH_ERRORS, batch_id)
+        return [(r["error_kind"], r["jobs"], r["example"] or "") for r in rows]
+
+    async def batch_cancel(self, batch_id: uuid.UUID, reason: str = "cancelled") -> int:
+        """Cancel queued jobs at once; running ones finish. Returns jobs cancelled now."""
+        async with translate_errors("cancelling the batch"):
+            status: str = await self.pool.execute(q.BATCH_CANCEL, batch_id, reason)
+        return int(status.split()[-1])
+
+    async def jobs_claim(self, worker_id: uuid.UUID, n: int, lease_s: float) -> list[ClaimedJob]:
+        if n <= 0:
+            return []
+        async with translate_errors("claiming jobs"):
+            rows = await self.pool.fetch(q.JOBS_CLAIM, worker_id, n, lease_s)
+        return [ClaimedJob(**dict(r)) for r in rows]
+
+    async def jobs_pending(self, batch_id: uuid.UUID | None = None) -> int:
+        async with translate_errors("counting pending jobs"):
+            count: int = await self.pool.fetchval(q.JOBS_PENDING_COUNT, batch_id)
+        return count
+
+    async def worker_register(self, worker_id: uuid.UUID, host: str, pid: int) -> None:
+        async with translate_errors("registering the worker"):
+            await self.pool.execute(q.WORKER_REGISTER, worker_id, host, pid)
+
+    async def worker_heartbeat(self, worker_id: uuid.UUID) -> bool:
+        """False when the row is gone (another worker judged us dead): re-register."""
+        async with translate_errors("worker heartbeat"):
+            found = await self.pool.fetchval(q.WORKER_HEARTBEAT, worker_id)
+        return found is not None
+
+    async def worker_delete(self, worker_id: uuid.UUID) -> None:
+        async with translate_errors("removing the worker"):
+            await self.pool.execute(q.WORKER_DELETE, worker_id)
+
+    async def jobs_rescue(self, lease_s: float, max_attempts: int) -> int:
+        async with translate_errors("rescuing jobs of dead workers"):
+            rows = await self.pool.fetch(q.JOBS_RESCUE, lease_s, max_attempts)
+        return len(rows)
+
+    async def jobs_release(self, worker_id: uuid.UUID, job_ids: Sequence[int]) -> int:
+        if not job_ids:
+            return 0
+        async with translate_errors("releasing jobs"):
+            rows = await self.pool.fetch(q.JOBS_RELEASE, worker_id, list(job_ids))
+        return len(rows)
+
+    async def jobs_finish_done(self, worker_id: uuid.UUID, rows: Sequence[DoneRow]) -> set[int]:
+        """Write results and mark done, fenced on the owner; returns the ids written."""
+        if not rows:
+            return set()
+        cols = list(zip(*[_done_tuple(r) for r in rows], strict=True))
+        async with translate_errors("finishing jobs"), self.pool.acquire() as conn:
+            async with conn.transaction():
+                written = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
+        return {r["job_id"] for r in written}
+
+    async def jobs_finish_retry(self, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:
+        if not rows:
+            return set()
+        cols = list(
+            zip(
+                *[
+                    (
+                        r.job_id,
+                        r.delay_s,
+                        r.burnt,
+                        r.rate_limited_ms,
+                        r.grow_max_tokens,
+                        r.error_kind,
+                        r.error_message[:2000],
+                    )
+                    for r in rows
+                ],
+                strict=True,
+            )
+        )
+        async with translate_errors("scheduling retries"):
+            written = await self.pool.fetch(q.JOBS_FINISH_RETRY, worker_id, *map(list, cols))
+        return {r["id"] for r in written}
+
+    async def jobs_finish_failed(self, worker_id: uuid.UUID, rows: Sequence[FailedRow]) -> set[int]:
+        if not rows:
+            return set()
+        cols = list(
+            zip(
+                *[
+                    (
+                        r.job_id,
+                        r.status,
+                        r.burnt,
+                        r.error_kind,
+                        r.error_message[:2000],
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                    )
+                    for r in rows
+                ],
+                strict=True,
+            )
+        )
+        async with translate_errors("failing jobs"):
+            written = await self.pool.fetch(q.JOBS_FINISH_FAILED, worker_id, *map(list, cols))
+        return {r["id"] for r in written}
+
+    async def results_iter(
+        self, batch_id: uuid.UUID, page_size: int = 500
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every job of a batch with its result (if any), in id order, page by page."""
+        after = 0
+        while True:
+            async with translate_errors("reading results"):
+                rows = await self.pool.fetch(q.RESULTS_OF_BATCH, batch_id, after, page_size)
+            for row in rows:
+                yield dict(row)
+            if len(rows) < page_size:
+                return
+            after = rows[-1]["id"]
+
+    async def connections_in_use(self, application_name: str = "bulkgen") -> int:
+        async with translate_errors("counting connections"):
+            count: int = await self.pool.fetchval(q.CONNECTIONS_OF_APP, application_name)
+        return count
+
+
+def _done_tuple(r: DoneRow) -> tuple[object, ...]:
+    return (
+        r.job_id,
+        r.content,
+        r.html,
+        r.title,
+        r.word_count,
+        r.finish_reason,
+        r.model,
+        r.cached,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.cache_key,
+    )

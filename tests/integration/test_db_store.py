@@ -1,0 +1,156 @@
+"""The store against a real PostgreSQL: schema, enqueue, fair claim, fencing, refusals."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bulkgen.db.migrate import available_migrations, migrate
+from bulkgen.db.pool import create_pool
+from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
+from bulkgen.errors import StorageError
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    pool = await create_pool(database_url, max_size=5)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+async def _batch(store: Store, account: str, n: int) -> uuid.UUID:
+    account_id = await store.account_ensure(account)
+    return await store.batch_create(
+        account_id=account_id,
+        options={"model": "gpt-4o"},
+        template="t",
+        template_version="v1",
+        inputs=[{"keyword": f"{account} {i}"} for i in range(n)],
+    )
+
+
+def _done(job_id: int, content: str = "# Title\n\nbody words") -> DoneRow:
+    return DoneRow(job_id, content, "<p>x</p>", "Title", 3, "stop", "gpt-4o", False, 10, 20, None)
+
+
+async def test_schema_is_what_the_code_expects(store: Store) -> None:
+    columns = await store.pool.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = 'public'"
+    )
+    have = {(r["table_name"], r["column_name"]) for r in columns}
+    for table, column in [
+        ("jobs", "status"),
+        ("jobs", "lease_owner"),
+        ("jobs", "run_after"),
+        ("jobs", "attempts"),
+        ("results", "content"),
+        ("batches", "budget_usd"),
+        ("accounts", "concurrency_quota"),
+        ("workers", "heartbeat_at"),
+    ]:
+        assert (table, column) in have
+    versions = await store.pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r["version"] for r in versions] == [v for v, _, _ in available_migrations()]
+    fillfactor = await store.pool.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'jobs'")
+    assert "fillfactor=80" in fillfactor
+    # Migrating again is a no-op.
+    assert await migrate(store.pool) == []
+
+
+async def test_enqueue_is_atomic_and_counted(store: Store) -> None:
+    batch_id = await _batch(store, "acme", 300)
+    counts = {c.status: c.jobs for c in await store.batch_counts(batch_id)}
+    assert counts == {"queued": 300}
+    batch = await store.batch_get(batch_id)
+    assert batch is not None and batch.total == 300 and batch.account == "acme"
+
+
+async def test_claim_is_fair_across_accounts(store: Store) -> None:
+    await _batch(store, "big", 1000)
+    await _batch(store, "small", 5)
+    worker = uuid.uuid4()
+    await store.worker_register(worker, "h", 1)
+    claimed = await store.jobs_claim(worker, 10, 60)
+    by_account: dict[int, int] = {}
+    for job in claimed:
+        by_account[job.account_id] = by_account.get(job.account_id, 0) + 1
+    assert len(claimed) == 10
+    assert sorted(by_account.values()) == [5, 5]
+
+
+async def test_two_claimers_never_share_a_job(store: Store) -> None:
+    await _batch(store, "acme", 100)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    first = await store.jobs_claim(a, 60, 60)
+    second = await store.jobs_claim(b, 60, 60)
+    ids_a = {j.id for j in first}
+    ids_b = {j.id for j in second}
+    assert not ids_a & ids_b
+    assert len(ids_a | ids_b) == 100
+
+
+async def test_done_without_result_is_refused(store: Store) -> None:
+    await _batch(store, "acme", 1)
+    job_id = await store.pool.fetchval("SELECT id FROM jobs")
+    with pytest.raises(asyncpg.CheckViolationError, match="without a non-empty result"):
+        await store.pool.execute("UPDATE jobs SET status = 'done' WHERE id = $1", job_id)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.pool.execute(
+            "INSERT INTO results (job_id, content, html, title, word_count, finish_reason, model)"
+            " VALUES ($1, '  \n\t ', '', '', 1, 'stop', 'm')",
+            job_id,
+        )
+
+
+async def test_finishing_is_fenced_on_the_owner(store: Store) -> None:
+    await _batch(store, "acme", 2)
+    owner, intruder = uuid.uuid4(), uuid.uuid4()
+    jobs = await store.jobs_claim(owner, 2, 60)
+    assert await store.jobs_finish_done(intruder, [_done(jobs[0].id)]) == set()
+    assert await store.jobs_finish_done(owner, [_done(jobs[0].id)]) == {jobs[0].id}
+    # A second finish of the same job writes nothing (and no second result).
+    assert await store.jobs_finish_done(owner, [_done(jobs[0].id)]) == set()
+    assert await store.pool.fetchval("SELECT count(*) FROM results") == 1
+    retry = RetryRow(jobs[1].id, 0.0, 1, 0, False, "server_error", "503")
+    assert await store.jobs_finish_retry(owner, [retry]) == {jobs[1].id}
+    again = await store.jobs_claim(owner, 2, 60)
+    assert [j.id for j in again] == [jobs[1].id] and again[0].attempts == 1
+    failed = FailedRow(jobs[1].id, "failed", 1, "server_error", "503 again")
+    assert await store.jobs_finish_failed(owner, [failed]) == {jobs[1].id}
+    row: Any = await store.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", jobs[1].id)
+    assert (row["status"], row["attempts"], row["error_kind"]) == ("failed", 2, "server_error")
+
+
+async def test_stale_worker_jobs_are_rescued(store: Store) -> None:
+    await _batch(store, "acme", 3)
+    dead = uuid.uuid4()
+    await store.worker_register(dead, "h", 1)
+    await store.jobs_claim(dead, 3, 60)
+    await store.pool.execute("UPDATE workers SET heartbeat_at = now() - interval '1 hour'")
+    assert await store.jobs_rescue(lease_s=30, max_attempts=5) == 3
+    statuses = await store.pool.fetch("SELECT status, attempts, lease_owner FROM jobs")
+    assert {(r["status"], r["attempts"], r["lease_owner"]) for r in statuses} == {
+        ("queued", 1, None)
+    }
+
+
+async def test_cancel_stops_queued_jobs_at_once(store: Store) -> None:
+    batch_id = await _batch(store, "acme", 10)
+    await store.jobs_claim(uuid.uuid4(), 4, 60)
+    assert await store.batch_cancel(batch_id) == 6
+    counts = {c.status: c.jobs for c in await store.batch_counts(batch_id)}
+    assert counts == {"cancelled": 6, "generating": 4}
+
+
+async def test_unreachable_database_is_a_storage_error() -> None:
+    with pytest.raises(StorageError, match="cannot connect"):
+        await create_pool("postgresql://postgres@127.0.0.1:1/none", max_size=2)

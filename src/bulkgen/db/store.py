@@ -115,20 +115,23 @@ class Store:
     ) -> uuid.UUID:
         """Insert a batch and all its jobs atomically: all of them or none."""
         batch_id = uuid.uuid4()
-        async with translate_errors("enqueuing the batch"), self.pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute(
-                    q.BATCH_INSERT,
-                    batch_id,
-                    account_id,
-                    options,
-                    template,
-                    template_version,
-                    len(inputs),
-                    budget_usd,
-                )
-                await conn.execute(q.JOBS_INSERT_MANY, batch_id, account_id, list(inputs))
-                await conn.execute(q.JOBS_NOTIFY, str(batch_id))
+        async with (
+            translate_errors("enqueuing the batch"),
+            self.pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(
+                q.BATCH_INSERT,
+                batch_id,
+                account_id,
+                options,
+                template,
+                template_version,
+                len(inputs),
+                budget_usd,
+            )
+            await conn.execute(q.JOBS_INSERT_MANY, batch_id, account_id, list(inputs))
+            await conn.execute(q.JOBS_NOTIFY, str(batch_id))
         return batch_id
 
     async def batch_get(self, batch_id: uuid.UUID) -> BatchRecord | None:
@@ -195,9 +198,12 @@ class Store:
         if not rows:
             return set()
         cols = list(zip(*[_done_tuple(r) for r in rows], strict=True))
-        async with translate_errors("finishing jobs"), self.pool.acquire() as conn:
-            async with conn.transaction():
-                written = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
+        async with (
+            translate_errors("finishing jobs"),
+            self.pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            written = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
         return {r["job_id"] for r in written}
 
     async def jobs_finish_retry(self, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:

@@ -1,0 +1,197 @@
+"""What a request costs, in US dollars, computed exactly with :class:`~decimal.Decimal`.
+
+Pure: no I/O, no clock. The shipped table holds *list* prices per 1M tokens as compiled in
+:data:`PRICES_AS_OF`; providers change them and accounts negotiate their own, so any entry
+can be overridden with ``BULKGEN_PRICES_JSON`` (see :func:`load_price_table`).
+
+Lookup never crashes a run: a model name is matched exactly, then by the longest known
+prefix that ends on a ``-`` boundary (``gpt-4o-2024-08-06`` prices as ``gpt-4o``, while
+``gpt-4.5`` is *not* taken for ``gpt-4``); anything else costs 0 with ``known=False`` so
+callers can flag it instead of inventing a figure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from bulkgen.errors import ConfigError
+from bulkgen.models import Usage
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "PRICES_AS_OF",
+    "ModelPrice",
+    "PriceTable",
+    "cost_usd",
+    "default_price_table",
+    "load_price_table",
+    "parse_price_overrides",
+    "worst_case_cost_usd",
+]
+
+PRICES_AS_OF = "2026-11"
+"""When the shipped list prices were compiled. List prices only: override for real billing."""
+
+_TOKENS_PER_UNIT = Decimal(1_000_000)
+_PRICE_FIELDS = frozenset({"input_per_1m", "output_per_1m"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per 1M input and output tokens; ``known=False`` marks a model we have no price for."""
+
+    input_per_1m: Decimal
+    output_per_1m: Decimal
+    known: bool = True
+
+
+def _usd(input_per_1m: str, output_per_1m: str) -> ModelPrice:
+    return ModelPrice(Decimal(input_per_1m), Decimal(output_per_1m))
+
+
+# List prices, USD per 1M tokens (input, output), as of PRICES_AS_OF.
+DEFAULT_PRICES: Mapping[str, ModelPrice] = {
+    "gpt-5": _usd("1.25", "10.00"),
+    "gpt-5-mini": _usd("0.25", "2.00"),
+    "gpt-5-nano": _usd("0.05", "0.40"),
+    "gpt-4.1": _usd("2.00", "8.00"),
+    "gpt-4.1-mini": _usd("0.40", "1.60"),
+    "gpt-4.1-nano": _usd("0.10", "0.40"),
+    "gpt-4o": _usd("2.50", "10.00"),
+    "gpt-4o-mini": _usd("0.15", "0.60"),
+    "gpt-4-turbo": _usd("10.00", "30.00"),
+    "gpt-4": _usd("30.00", "60.00"),
+    "gpt-3.5-turbo": _usd("0.50", "1.50"),
+    "o1": _usd("15.00", "60.00"),
+    "o1-mini": _usd("1.10", "4.40"),
+    "o3": _usd("2.00", "8.00"),
+    "o3-mini": _usd("1.10", "4.40"),
+    "o4-mini": _usd("1.10", "4.40"),
+}
+
+_UNKNOWN = ModelPrice(Decimal(0), Decimal(0), known=False)
+
+
+class PriceTable:
+    """An immutable model -> price map with the exact-then-longest-prefix lookup."""
+
+    def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
+        self._prices: dict[str, ModelPrice] = {name.lower(): p for name, p in prices.items()}
+        # Longest first, so the first prefix that matches is the most specific one.
+        self._by_length = sorted(self._prices, key=len, reverse=True)
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(sorted(self._prices))
+
+    def price(self, model: str) -> ModelPrice:
+        """Price of ``model``; never raises, unknown models cost 0 with ``known=False``."""
+        name = model.strip().lower()
+        exact = self._prices.get(name)
+        if exact is not None:
+            return exact
+        for known in self._by_length:
+            if name.startswith(known + "-"):
+                return self._prices[known]
+        return _UNKNOWN
+
+    def cost_usd(self, model: str, usage: Usage) -> Decimal:
+        """Exact cost of a finished call, from the provider's own token counts."""
+        return self._cost(model, usage.prompt_tokens, usage.completion_tokens)
+
+    def worst_case_cost_usd(self, model: str, prompt_tokens: int, max_tokens: int) -> Decimal:
+        """Upper bound before sending: the answer cannot be longer than ``max_tokens``.
+
+        Budgets check this bound so a batch cannot pass its cap by the cost of one call.
+        """
+        return self._cost(model, prompt_tokens, max_tokens)
+
+    def with_overrides(self, overrides: Mapping[str, ModelPrice]) -> PriceTable:
+        """A new table: ``overrides`` replace or extend the current entries."""
+        merged = dict(self._prices)
+        merged.update({name.lower(): p for name, p in overrides.items()})
+        return PriceTable(merged)
+
+    def _cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
+        if input_tokens < 0 or output_tokens < 0:
+            raise ValueError(f"token counts cannot be negative: {input_tokens}, {output_tokens}")
+        price = self.price(model)
+        total = input_tokens * price.input_per_1m + output_tokens * price.output_per_1m
+        return total / _TOKENS_PER_UNIT
+
+
+def _parse_amount(model: str, name: str, value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ConfigError(
+            f"BULKGEN_PRICES_JSON: {model!r}.{name} must be a number of USD per 1M tokens, "
+            f"got {value!r}"
+        )
+    amount = Decimal(value)
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"BULKGEN_PRICES_JSON: {model!r}.{name} must be >= 0, got {value!r}")
+    return amount
+
+
+def _parse_entry(model: object, entry: object) -> ModelPrice:
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError("BULKGEN_PRICES_JSON: model names must be non-empty strings")
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f'BULKGEN_PRICES_JSON: {model!r} must map to {{"input_per_1m": x, '
+            f'"output_per_1m": y}}, got {entry!r}'
+        )
+    missing = sorted(_PRICE_FIELDS - entry.keys())
+    unexpected = sorted(set(entry) - _PRICE_FIELDS)
+    if missing or unexpected:
+        raise ConfigError(
+            f"BULKGEN_PRICES_JSON: {model!r} needs exactly input_per_1m and output_per_1m "
+            f"(missing: {missing or 'none'}, unexpected: {unexpected or 'none'})"
+        )
+    return ModelPrice(
+        _parse_amount(model, "input_per_1m", entry["input_per_1m"]),
+        _parse_amount(model, "output_per_1m", entry["output_per_1m"]),
+    )
+
+
+def parse_price_overrides(prices_json: str) -> dict[str, ModelPrice]:
+    """Validate ``BULKGEN_PRICES_JSON`` once, at the edge, so a typo fails before any spend."""
+    try:
+        # Decimal for every float, so "0.15" stays exactly 0.15.
+        raw = json.loads(prices_json, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"BULKGEN_PRICES_JSON is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            'BULKGEN_PRICES_JSON must be a JSON object: {"model": {"input_per_1m": x, '
+            '"output_per_1m": y}}'
+        )
+    return {model.strip(): _parse_entry(model, entry) for model, entry in raw.items()}
+
+
+_DEFAULT_TABLE = PriceTable(DEFAULT_PRICES)
+
+
+def default_price_table() -> PriceTable:
+    """The shipped list prices, without overrides."""
+    return _DEFAULT_TABLE
+
+
+def load_price_table(prices_json: str | None) -> PriceTable:
+    """Shipped defaults with ``settings.prices_json`` laid over them; raises ConfigError."""
+    if prices_json is None or not prices_json.strip():
+        return _DEFAULT_TABLE
+    return _DEFAULT_TABLE.with_overrides(parse_price_overrides(prices_json))
+
+
+def cost_usd(model: str, usage: Usage, *, table: PriceTable | None = None) -> Decimal:
+    """Cost of a finished call at ``table`` (default: the shipped list prices)."""
+    return (table or _DEFAULT_TABLE).cost_usd(model, usage)
+
+
+def worst_case_cost_usd(
+    model: str, prompt_tokens: int, max_tokens: int, *, table: PriceTable | None = None
+) -> Decimal:
+    """Most a call can cost: all of ``prompt_tokens`` in and ``max_tokens`` out."""
+    return (table or _DEFAULT_TABLE).worst_case_cost_usd(model, prompt_tokens, max_tokens)

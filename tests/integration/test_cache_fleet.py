@@ -1,0 +1,178 @@
+"""Single-flight against a real Redis: in one process, across OS processes, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from bulkgen.cache import CachedResult, RedisCache, SingleFlight
+from bulkgen.cache.keys import lock_key
+from bulkgen.errors import ProviderTimeout
+from bulkgen.metrics import Metrics
+from bulkgen.models import Usage
+
+pytestmark = pytest.mark.redis
+
+KEY = "bulkgen:gen:" + "ab" * 32
+RESULT = CachedResult("An article about tea.", Usage(10, 20), "gpt-4o", "stop")
+
+
+def make_flight(redis: aioredis.Redis, metrics: Metrics, *, wait_s: float = 5.0) -> SingleFlight:
+    cache = RedisCache(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
+    return SingleFlight(cache, redis, lock_ttl_s=10, wait_s=wait_s, metrics=metrics)
+
+
+async def test_concurrent_runs_in_one_process_produce_once(redis_client: aioredis.Redis) -> None:
+    metrics = Metrics()
+    flight = make_flight(redis_client, metrics)
+    calls = 0
+
+    async def produce() -> CachedResult:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return RESULT
+
+    results = await asyncio.gather(*(flight.run(KEY, produce) for _ in range(25)))
+    assert calls == 1
+    assert sorted(source for _, source in results) == ["provider"] + ["shared"] * 24
+    assert await redis_client.exists(lock_key(KEY)) == 0  # released by its owner
+    assert metrics.total("cache.miss") + metrics.total("cache.shared") == 25
+
+
+async def test_two_flights_in_one_process_share_through_redis(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Separate SingleFlight objects only meet in Redis: the cross-process path, cheaply."""
+    metrics = Metrics()
+    first, second = make_flight(redis_client, metrics), make_flight(redis_client, metrics)
+    calls = 0
+
+    async def produce() -> CachedResult:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return RESULT
+
+    results = await asyncio.gather(first.run(KEY, produce), second.run(KEY, produce))
+    assert calls == 1
+    assert sorted(source for _, source in results) == ["provider", "shared"]
+
+
+async def test_failure_is_not_cached_and_lock_is_released(redis_client: aioredis.Redis) -> None:
+    flight = make_flight(redis_client, Metrics())
+    calls = 0
+
+    async def fails() -> CachedResult:
+        nonlocal calls
+        calls += 1
+        raise ProviderTimeout("no answer")
+
+    async def works() -> CachedResult:
+        nonlocal calls
+        calls += 1
+        return RESULT
+
+    with pytest.raises(ProviderTimeout):
+        await flight.run(KEY, fails)
+    assert await redis_client.exists(KEY) == 0
+    assert await redis_client.exists(lock_key(KEY)) == 0
+    assert await flight.run(KEY, works) == (RESULT, "provider")
+    assert calls == 2
+
+
+async def test_empty_content_is_never_cached(redis_client: aioredis.Redis) -> None:
+    flight = make_flight(redis_client, Metrics())
+    empty = CachedResult("", Usage(5, 0), "gpt-4o", "stop")
+
+    async def produce() -> CachedResult:
+        return empty
+
+    assert await flight.run(KEY, produce) == (empty, "provider")
+    assert await flight.run(KEY, produce) == (empty, "provider")
+    assert await redis_client.exists(KEY) == 0
+
+
+async def test_stuck_lock_holder_bounds_the_wait(redis_client: aioredis.Redis) -> None:
+    """A holder that never finishes: followers produce themselves after wait_s."""
+    metrics = Metrics()
+    await redis_client.set(lock_key(KEY), "someone-else", px=60_000)
+    flight = make_flight(redis_client, metrics, wait_s=0.3)
+
+    async def produce() -> CachedResult:
+        return RESULT
+
+    started = time.monotonic()
+    assert await flight.run(KEY, produce) == (RESULT, "provider")
+    waited_s = time.monotonic() - started
+    assert 0.3 <= waited_s < 3.0
+    assert metrics.total("singleflight.wait_expired") == 1
+    assert await redis_client.get(lock_key(KEY)) == b"someone-else"  # not ours to release
+    assert await redis_client.get(KEY) is not None
+
+
+async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: aioredis.Redis) -> None:
+    """The holder gives up without a result: a waiter takes the lock and produces."""
+    await redis_client.set(lock_key(KEY), "someone-else", px=60_000)
+    flight = make_flight(redis_client, Metrics(), wait_s=10)
+
+    async def produce() -> CachedResult:
+        return RESULT
+
+    task = asyncio.create_task(flight.run(KEY, produce))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    await redis_client.delete(lock_key(KEY))
+    assert await asyncio.wait_for(task, 5) == (RESULT, "provider")
+
+
+CHILD = """
+import asyncio, sys
+import redis.asyncio as aioredis
+from bulkgen.cache import CachedResult, RedisCache, SingleFlight
+from bulkgen.metrics import Metrics
+from bulkgen.models import Usage
+
+async def main(url, key):
+    redis = aioredis.Redis.from_url(url)
+    metrics = Metrics()
+    cache = RedisCache(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
+    flight = SingleFlight(cache, redis, lock_ttl_s=10, wait_s=10, metrics=metrics)
+
+    async def produce():
+        await redis.incr("test:produced")
+        await asyncio.sleep(0.8)
+        return CachedResult("shared article", Usage(7, 9), "gpt-4o", "stop")
+
+    await redis.rpush("test:ready", "ready")
+    await redis.blpop(["test:go"], timeout=10)
+    result, source = await flight.run(key, produce)
+    print(source, result.content, result.usage.completion_tokens)
+    await redis.aclose()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_across_processes_produce_is_called_once(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, redis_url, KEY, stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    async with asyncio.timeout(30):
+        for _ in children:
+            await redis_client.blpop(["test:ready"], timeout=0)
+        await redis_client.rpush("test:go", *["go"] * 3)
+        outputs = [(await child.communicate())[0].decode().split() for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0]
+    assert int(await redis_client.get("test:produced") or 0) == 1
+    assert sorted(out[0] for out in outputs) == ["provider", "shared", "shared"]
+    assert all(out[1:] == ["shared", "article", "9"] for out in outputs)

@@ -1,0 +1,122 @@
+"""Pricing: exact Decimal arithmetic, prefix lookup, overrides validated at the edge."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from bulkgen.errors import ConfigError
+from bulkgen.models import Usage
+from bulkgen.pricing import (
+    DEFAULT_PRICES,
+    PRICES_AS_OF,
+    ModelPrice,
+    cost_usd,
+    default_price_table,
+    load_price_table,
+    worst_case_cost_usd,
+)
+
+
+def test_defaults_cover_common_models_and_are_dated() -> None:
+    for model in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"):
+        assert model in DEFAULT_PRICES
+    assert {"o3-mini", "gpt-3.5-turbo"} <= DEFAULT_PRICES.keys()
+    assert PRICES_AS_OF == "2026-11"
+    assert all(isinstance(p.input_per_1m, Decimal) for p in DEFAULT_PRICES.values())
+
+
+def test_cost_is_exact_decimal() -> None:
+    # gpt-4o: 2.50 in, 10.00 out per 1M tokens.
+    cost = cost_usd("gpt-4o", Usage(prompt_tokens=1234, completion_tokens=567))
+    assert cost == Decimal("0.008755")
+    assert isinstance(cost, Decimal)
+
+
+def test_many_small_costs_add_up_without_float_drift() -> None:
+    one = cost_usd("gpt-4o-mini", Usage(prompt_tokens=1, completion_tokens=1))
+    assert one == Decimal("0.00000075")
+    assert sum((one for _ in range(1_000_000)), Decimal(0)) == Decimal("0.75")
+
+
+def test_worst_case_uses_max_tokens_for_output() -> None:
+    assert worst_case_cost_usd("gpt-4.1", 1000, 1500) == Decimal("0.014")
+    assert worst_case_cost_usd("gpt-4.1", 1000, 1500) >= cost_usd("gpt-4.1", Usage(1000, 1499))
+
+
+@pytest.mark.parametrize(
+    ("model", "priced_as"),
+    [
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4.1-nano-2025-04-14", "gpt-4.1-nano"),
+        ("o3-mini-2025-01-31", "o3-mini"),
+        ("GPT-4o", "gpt-4o"),
+        ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+    ],
+)
+def test_longest_prefix_lookup(model: str, priced_as: str) -> None:
+    assert default_price_table().price(model) == DEFAULT_PRICES[priced_as]
+
+
+@pytest.mark.parametrize("model", ["llama-3-70b", "gpt-4.5-preview", "", "gpt-4ox"])
+def test_unknown_model_costs_zero_and_says_so(model: str) -> None:
+    price = default_price_table().price(model)
+    assert price.known is False
+    assert cost_usd(model, Usage(1000, 1000)) == Decimal(0)
+
+
+def test_known_flag_is_true_for_priced_models() -> None:
+    assert default_price_table().price("gpt-4o-2024-08-06").known is True
+
+
+def test_override_replaces_and_extends() -> None:
+    table = load_price_table(
+        json.dumps(
+            {
+                "gpt-4o": {"input_per_1m": 1, "output_per_1m": 2},
+                "llama-3-70b": {"input_per_1m": 0.59, "output_per_1m": 0.79},
+            }
+        )
+    )
+    assert table.price("gpt-4o-2024-08-06") == ModelPrice(Decimal(1), Decimal(2))
+    assert table.cost_usd("llama-3-70b", Usage(1_000_000, 1_000_000)) == Decimal("1.38")
+    assert table.price("gpt-4o-mini") == DEFAULT_PRICES["gpt-4o-mini"]  # untouched
+    assert default_price_table().price("gpt-4o") == DEFAULT_PRICES["gpt-4o"]  # not mutated
+
+
+def test_override_keeps_decimal_exactness() -> None:
+    table = load_price_table('{"m": {"input_per_1m": 0.1, "output_per_1m": 0.2}}')
+    assert table.cost_usd("m", Usage(1_000_000, 1_000_000)) == Decimal("0.3")
+
+
+@pytest.mark.parametrize("text", [None, "", "   "])
+def test_no_override_gives_defaults(text: str | None) -> None:
+    assert load_price_table(text).price("gpt-4o") == DEFAULT_PRICES["gpt-4o"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["gpt-4o"]', "must be a JSON object"),
+        ('{"gpt-4o": 2.5}', "must map to"),
+        ('{"gpt-4o": {"input_per_1m": 1}}', "missing: \\['output_per_1m'\\]"),
+        ('{"gpt-4o": {"input_per_1m": 1, "output_per_1m": 2, "x": 3}}', "unexpected: \\['x'\\]"),
+        ('{"gpt-4o": {"input_per_1m": "1", "output_per_1m": 2}}', "must be a number"),
+        ('{"gpt-4o": {"input_per_1m": true, "output_per_1m": 2}}', "must be a number"),
+        ('{"gpt-4o": {"input_per_1m": -1, "output_per_1m": 2}}', "must be >= 0"),
+        ('{"gpt-4o": {"input_per_1m": NaN, "output_per_1m": 2}}', "must be a number"),
+        ('{"": {"input_per_1m": 1, "output_per_1m": 2}}', "non-empty"),
+    ],
+)
+def test_invalid_override_is_a_config_error(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_price_table(text)
+
+
+def test_negative_token_counts_are_a_bug() -> None:
+    with pytest.raises(ValueError):
+        worst_case_cost_usd("gpt-4o", -1, 10)

@@ -1,0 +1,317 @@
+"""The rate governor: the one door every provider call passes through.
+
+``async with governor.slot(key, estimated_tokens) as slot:`` waits for admission (fleet
+pause, circuit breaker, concurrency lease, request and token rate), then the body calls
+the provider and ``await slot.record(completion)``. Waiting never raises: the only error
+admission raises is :class:`~bulkgen.errors.RequestTooLarge`, for a request that could
+never fit. On exit the lease is released and the outcome feeds the policies: a 429
+pauses the whole fleet for this key and lowers the target rate; 5xx, timeouts and
+connection errors count toward the circuit breaker; the exception always propagates.
+
+Reconciling tokens: a request reserves ``estimated_tokens`` (prompt estimate plus
+``max_tokens``), as OpenAI counts at admission. OpenAI does not refund unused
+``max_tokens``, so the default (``ReconcileMode.CHARGE``) only charges usage *above* the
+reservation (an under-estimated prompt) and never refunds: refunding would let bulkgen run
+ahead of the provider's own bucket, which is the one that answers 429. ``FULL`` charges
+and refunds, for providers that count actual usage; ``NONE`` leaves the reservation be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from bulkgen.errors import (
+    ProviderConnectionError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    RequestTooLarge,
+)
+from bulkgen.limits.backend import (
+    AdmissionRequest,
+    AdmissionResult,
+    LimitBackend,
+    LocalBackend,
+    Verdict,
+)
+from bulkgen.limits.breaker import BreakerState, CircuitBreaker
+from bulkgen.limits.headers import RateLimitSnapshot, parse_rate_limit_headers
+from bulkgen.limits.keys import LimitKey
+from bulkgen.limits.policy import PolicyConfig, RatePolicy
+from bulkgen.limits.redis_backend import RedisBackend
+from bulkgen.metrics import Metrics
+from bulkgen.metrics import metrics as default_metrics
+from bulkgen.models import Completion
+from bulkgen.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ReconcileMode(enum.StrEnum):
+    NONE = "none"
+    CHARGE = "charge"
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class GovernorConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    breaker_failures: int = 10
+    breaker_cooldown_s: float = 30.0
+    burst_s: float = 1.0  # at most this much of a minute's budget at once
+    lease_ttl_s: float = 125.0  # > provider timeout: a live call never loses its lease
+    default_pause_s: float = 1.0  # a 429 without any retry hint
+    max_pause_s: float = 600.0
+    max_poll_s: float = 1.0  # look again at least this often while waiting
+    reconcile: ReconcileMode = ReconcileMode.CHARGE
+
+
+@dataclass
+class _KeyState:
+    policy: RatePolicy
+    breaker: CircuitBreaker
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_pause_mark: float = 0.0
+
+
+class Slot:
+    """One admitted request. ``record`` its completion before leaving the ``async with``."""
+
+    def __init__(
+        self, governor: RateGovernor, key: LimitKey, reserved_tokens: int, *, probe: bool
+    ) -> None:
+        self.key = key
+        self.reserved_tokens = reserved_tokens
+        self.probe = probe
+        self.recorded = False
+        self._governor = governor
+
+    async def record(self, completion: Completion) -> None:
+        """Reconcile usage, learn from headers and latency, close the breaker, speed up."""
+        if not self.recorded:
+            self.recorded = True
+            await self._governor._on_success(self, completion)
+
+
+class RateGovernor:
+    def __init__(
+        self,
+        backend: LimitBackend,
+        config: GovernorConfig,
+        *,
+        clock: Clock,
+        wall_clock: Clock,
+        sleep: Sleep,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self._backend = backend
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._metrics = metrics
+        self._states: dict[LimitKey, _KeyState] = {}
+        self._instance = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
+
+    def _state(self, key: LimitKey) -> _KeyState:
+        state = self._states.get(key)
+        if state is None:
+            breaker = CircuitBreaker(
+                self.config.breaker_failures, self.config.breaker_cooldown_s, self._clock
+            )
+            state = self._states[key] = _KeyState(RatePolicy(self.config.policy), breaker)
+        return state
+
+    def policy(self, key: LimitKey) -> RatePolicy:
+        return self._state(key).policy
+
+    def concurrency_limit(self, key: LimitKey) -> int:
+        return self._state(key).policy.concurrency_limit()
+
+    def allows_claim(self, key: LimitKey) -> bool:
+        return self._state(key).breaker.allows_claim()
+
+    def breaker_state(self, key: LimitKey) -> BreakerState:
+        return self._state(key).breaker.state
+
+    def slot(self, key: LimitKey, estimated_tokens: int) -> AbstractAsyncContextManager[Slot]:
+        """Admission for one request of ``estimated_tokens`` (prompt estimate + max_tokens)."""
+        return self._slot(key, max(0, estimated_tokens))
+
+    @asynccontextmanager
+    async def _slot(self, key: LimitKey, tokens: int) -> AsyncIterator[Slot]:
+        state = self._state(key)
+        holder = f"{self._instance}:{next(self._counter)}"
+        result, probe = await self._admit(key, state, tokens, holder)
+        slot = Slot(self, key, tokens, probe=probe)
+        try:
+            yield slot
+        except RateLimited as exc:
+            await self._on_rate_limited(key, state, exc)
+            raise
+        except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError):
+            state.breaker.record_failure(probe=probe)
+            self._breaker_gauge(key, state)
+            raise
+        finally:
+            if probe and not slot.recorded:
+                state.breaker.release_probe()
+            await self._backend.release(key, holder, local=result.local)
+
+    async def _admit(
+        self, key: LimitKey, state: _KeyState, tokens: int, holder: str
+    ) -> tuple[AdmissionResult, bool]:
+        """Wait until admitted; one waiter per key per process talks to the backend (FIFO)."""
+        started_s = self._clock()
+        state.policy.note_reserved(tokens)
+        probe, cleared = False, False
+        async with state.lock:
+            try:
+                while True:
+                    if not cleared:
+                        probe, wait_s = state.breaker.enter()
+                        if wait_s > 0:
+                            await self._sleep(min(wait_s, self.config.max_poll_s))
+                            continue
+                        cleared = True
+                    result = await self._backend.acquire(key, self._request(state, tokens, holder))
+                    self._absorb(key, state, result)
+                    if result.verdict is Verdict.ADMITTED:
+                        break
+                    if result.verdict is Verdict.TOO_LARGE:
+                        raise RequestTooLarge(
+                            f"{tokens} tokens exceed the whole budget of "
+                            f"{result.limit_tpm} tokens per minute for {key.model}"
+                        )
+                    await self._sleep(min(result.wait_s, self.config.max_poll_s))
+            except BaseException:
+                if probe:
+                    state.breaker.release_probe()
+                raise
+        self._metrics.inc("limiter.admitted", model=key.model)
+        self._metrics.observe("limiter.waited_s", self._clock() - started_s, model=key.model)
+        return result, probe
+
+    def _request(self, state: _KeyState, tokens: int, holder: str) -> AdmissionRequest:
+        policy = state.policy
+        return AdmissionRequest(
+            limit_rpm=policy.limit_rpm(),
+            limit_tpm=policy.limit_tpm(),
+            factor=policy.factor,
+            tokens=tokens,
+            lease_limit=policy.concurrency_limit(),
+            holder=holder,
+            lease_ttl_s=self.config.lease_ttl_s,
+            burst_s=self.config.burst_s,
+        )
+
+    def _absorb(self, key: LimitKey, state: _KeyState, result: AdmissionResult) -> None:
+        """Adopt limits other processes learned, and slow down for a pause someone else hit."""
+        if state.policy.learn_limits(result.learned_rpm, result.learned_tpm):
+            self._learned_gauges(key, state)
+        if result.pause_mark and result.pause_mark != state.last_pause_mark:
+            state.last_pause_mark = result.pause_mark
+            state.policy.on_rate_limited(self._clock())
+
+    async def _learn(self, key: LimitKey, state: _KeyState, snapshot: RateLimitSnapshot) -> None:
+        if state.policy.learn(snapshot):
+            self._learned_gauges(key, state)
+            policy = state.policy
+            await self._backend.publish_learned(key, policy.learned_rpm, policy.learned_tpm)
+
+    async def _on_rate_limited(self, key: LimitKey, state: _KeyState, exc: RateLimited) -> None:
+        """Pause the fleet until the provider's hint, learn what it said, decrease."""
+        self._metrics.inc("limiter.rate_limited", model=key.model)
+        snapshot = parse_rate_limit_headers(exc.headers, now_epoch_s=self._wall_clock())
+        await self._learn(key, state, snapshot)
+        hint_s = exc.retry_after_s if exc.retry_after_s is not None else snapshot.retry_after_s
+        pause_s = min(
+            self.config.max_pause_s, self.config.default_pause_s if hint_s is None else hint_s
+        )
+        state.last_pause_mark = await self._backend.pause(key, pause_s)
+        state.policy.on_rate_limited(self._clock())
+        logger.warning(
+            "limiter.rate_limited",
+            extra={"model": key.model, "pause_s": pause_s, "factor": state.policy.factor},
+        )
+
+    async def _on_success(self, slot: Slot, completion: Completion) -> None:
+        key, state = slot.key, self._state(slot.key)
+        snapshot = parse_rate_limit_headers(completion.headers, now_epoch_s=self._wall_clock())
+        await self._learn(key, state, snapshot)
+        await self._reconcile(key, state, slot.reserved_tokens, completion.usage.total_tokens)
+        state.policy.on_success(completion.latency_s)
+        state.breaker.record_success(probe=slot.probe)
+        if slot.probe:
+            self._breaker_gauge(key, state)
+
+    async def _reconcile(self, key: LimitKey, state: _KeyState, reserved: int, used: int) -> None:
+        mode, tpm = self.config.reconcile, state.policy.limit_tpm()
+        if mode is ReconcileMode.NONE or tpm is None or used <= 0:
+            return
+        delta = used - reserved
+        if delta > 0 or (delta < 0 and mode is ReconcileMode.FULL):
+            await self._backend.adjust_tokens(key, delta, tpm * state.policy.factor)
+
+    def _learned_gauges(self, key: LimitKey, state: _KeyState) -> None:
+        if state.policy.learned_rpm is not None:
+            self._metrics.set("limiter.learned_rpm", state.policy.learned_rpm, model=key.model)
+        if state.policy.learned_tpm is not None:
+            self._metrics.set("limiter.learned_tpm", state.policy.learned_tpm, model=key.model)
+
+    def _breaker_gauge(self, key: LimitKey, state: _KeyState) -> None:
+        is_open = state.breaker.state is not BreakerState.CLOSED
+        self._metrics.set("limiter.breaker_open", 1.0 if is_open else 0.0, model=key.model)
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()
+
+
+def governor_config(settings: Settings, *, max_concurrency: int | None = None) -> GovernorConfig:
+    """The governor's knobs from validated settings; a lease outlives the provider timeout."""
+    return GovernorConfig(
+        policy=PolicyConfig(rpm=settings.rpm, tpm=settings.tpm, max_concurrency=max_concurrency),
+        breaker_failures=settings.breaker_failures,
+        breaker_cooldown_s=settings.breaker_cooldown_s,
+        lease_ttl_s=settings.provider_timeout_s + 5.0,
+        max_pause_s=settings.rate_limit_max_wait_s,
+    )
+
+
+async def build_governor(
+    settings: Settings,
+    redis: Redis | None,
+    *,
+    max_concurrency: int | None = None,
+    config: GovernorConfig | None = None,
+    clock: Clock = time.monotonic,
+    wall_clock: Clock = time.time,
+    sleep: Sleep = asyncio.sleep,
+    metrics: Metrics = default_metrics,
+) -> RateGovernor:
+    """A governor on Redis when given one (fleet-wide, degrading to local), else in-process.
+
+    ``config`` replaces everything derived from ``settings`` and ``max_concurrency``.
+    """
+    cfg = config or governor_config(settings, max_concurrency=max_concurrency)
+    local = LocalBackend(clock)
+    backend: LimitBackend = local
+    if redis is not None:
+        backend = RedisBackend(redis, local, clock=clock, metrics=metrics)
+    return RateGovernor(
+        backend, cfg, clock=clock, wall_clock=wall_clock, sleep=sleep, metrics=metrics
+    )

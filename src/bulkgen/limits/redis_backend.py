@@ -1,0 +1,262 @@
+"""Fleet-wide admission in Redis: one atomic Lua script per admission, on server time.
+
+Every worker process on every machine runs the same script against the same keys
+(``keys.redis_keys``), so they share one GCRA budget per dimension, one 429 pause and one
+set of concurrency leases. Time comes from ``TIME`` inside the script, so clock skew
+between machines cannot mint capacity. A lease is a ZSET member scored by its expiry: a
+worker that crashes while holding one leaks nothing past the lease TTL.
+
+Degrading: Redis is an accelerator of fairness, never a reason to fail a job. Any Redis
+error or timeout turns that one call into a call on the in-process backend, logs
+``limiter.redis_unavailable`` and counts ``limiter.redis_fallback``; Redis is then left
+alone for ``retry_s`` so a dead server costs one timeout per second, not one per request.
+While degraded each process budgets alone (the fleet may briefly exceed the limit; the
+provider's 429s, handled locally, bound the damage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from bulkgen.limits.backend import (
+    LEASE_POLL_S,
+    AdmissionRequest,
+    AdmissionResult,
+    LocalBackend,
+    Verdict,
+)
+from bulkgen.limits.keys import LimitKey, redis_keys
+from bulkgen.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LEARNED_TTL_MS = 3_600_000
+
+# KEYS: req_tat, tok_tat, pause_until, leases, learned
+# ARGV: limit_rpm, limit_tpm (0 = unknown), factor, tokens, lease_limit, holder,
+#       lease_ttl_ms, burst_ms, lease_poll_ms
+# -> {verdict, wait_ms, reason, learned_rpm, learned_tpm, pause_mark_ms, limit_tpm}
+ADMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local learned = redis.call('HMGET', KEYS[5], 'rpm', 'tpm')
+local lrpm = tonumber(learned[1]) or 0
+local ltpm = tonumber(learned[2]) or 0
+local function minknown(a, b)
+  if a > 0 and b > 0 then return math.min(a, b) end
+  return math.max(a, b)
+end
+local rpm = minknown(tonumber(ARGV[1]), lrpm)
+local tpm = minknown(tonumber(ARGV[2]), ltpm)
+local tokens = tonumber(ARGV[4])
+local function reply(verdict, wait, reason, mark)
+  return {verdict, string.format('%.3f', wait), reason, tostring(lrpm), tostring(ltpm),
+          string.format('%.3f', mark), tostring(tpm)}
+end
+if tpm > 0 and tokens > tpm then return reply('too_large', 0, '', 0) end
+local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
+if pause > now then return reply('wait', pause - now, 'pause', pause) end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then
+  return reply('wait', tonumber(ARGV[9]), 'lease', 0)
+end
+local factor = tonumber(ARGV[3])
+local burst = tonumber(ARGV[8])
+local function gcra(key, cost, limit)
+  if limit <= 0 or cost <= 0 then return 0, 0, 0 end
+  local iv = 60000 / (limit * factor)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  local new_tat = math.max(tat, now) + cost * iv
+  return new_tat - now - math.max(burst, cost * iv), new_tat, iv
+end
+local w1, tat1, iv1 = gcra(KEYS[1], 1, rpm)
+local w2, tat2, iv2 = gcra(KEYS[2], tokens, tpm)
+local wait = math.max(w1, w2)
+if wait > 0.001 then return reply('wait', wait, 'rate', 0) end
+if iv1 > 0 then
+  redis.call('SET', KEYS[1], string.format('%.3f', tat1), 'PX', math.ceil(tat1 - now) + 1000)
+end
+if iv2 > 0 then
+  redis.call('SET', KEYS[2], string.format('%.3f', tat2), 'PX', math.ceil(tat2 - now) + 1000)
+end
+local ttl = tonumber(ARGV[7])
+redis.call('ZADD', KEYS[4], now + ttl, ARGV[6])
+redis.call('PEXPIRE', KEYS[4], math.ceil(ttl) + 1000)
+return reply('admitted', 0, '', 0)
+"""
+
+# KEYS: tok_tat. ARGV: delta_tokens (+ charge, - refund), ms per token.
+ADJUST_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local delta = tonumber(ARGV[1])
+local iv = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if delta > 0 then
+  tat = math.max(tat, now) + delta * iv
+elseif tat > now then
+  tat = math.max(now, tat + delta * iv)
+else
+  return 0
+end
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+return 1
+"""
+
+# KEYS: pause_until. ARGV: pause_ms. -> the pause's end, server ms (extends, never shortens).
+PAUSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local until_ms = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now + tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], string.format('%.3f', until_ms), 'PX', math.ceil(until_ms - now) + 1000)
+return string.format('%.3f', until_ms)
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_admission(reply: list[Any], local_limit_tpm: int | None) -> AdmissionResult:
+    verdict, wait_ms, reason, lrpm, ltpm, mark_ms, tpm = (_text(v) for v in reply)
+    return AdmissionResult(
+        verdict=Verdict(verdict),
+        wait_s=float(wait_ms) / 1000.0,
+        reason=reason,
+        learned_rpm=int(float(lrpm)) or None,
+        learned_tpm=int(float(ltpm)) or None,
+        pause_mark=float(mark_ms),
+        limit_tpm=int(float(tpm)) or local_limit_tpm,
+        local=False,
+    )
+
+
+class RedisBackend:
+    """The shared backend, with ``fallback`` answering whenever Redis cannot."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        fallback: LocalBackend,
+        *,
+        clock: Callable[[], float],
+        metrics: Metrics,
+        timeout_s: float = 0.5,
+        retry_s: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._fallback = fallback
+        self._clock = clock
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        self._skip_until_s = -math.inf
+        self._admit = redis.register_script(ADMIT_LUA)
+        self._adjust = redis.register_script(ADJUST_LUA)
+        self._pause = redis.register_script(PAUSE_LUA)
+
+    async def _guard(
+        self, op: str, key: LimitKey, call: Callable[[], Awaitable[T]]
+    ) -> tuple[bool, T | None]:
+        """Run one Redis call; ``(False, None)`` means "use the fallback", never an error."""
+        if self._clock() < self._skip_until_s:
+            self._metrics.inc("limiter.redis_fallback", model=key.model, op=op)
+            return False, None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return True, await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._skip_until_s = self._clock() + self._retry_s
+            self._metrics.inc("limiter.redis_fallback", model=key.model, op=op)
+            logger.warning(
+                "limiter.redis_unavailable",
+                extra={"op": op, "model": key.model, "error": repr(exc)[:200]},
+            )
+            return False, None
+
+    async def acquire(self, key: LimitKey, request: AdmissionRequest) -> AdmissionResult:
+        k = redis_keys(key)
+        args: list[EncodableT] = [
+            request.limit_rpm or 0,
+            request.limit_tpm or 0,
+            repr(request.factor),
+            request.tokens,
+            request.lease_limit,
+            request.holder,
+            repr(request.lease_ttl_s * 1000.0),
+            repr(request.burst_s * 1000.0),
+            repr(LEASE_POLL_S * 1000.0),
+        ]
+        keys = [k.requests_tat, k.tokens_tat, k.pause_until, k.leases, k.learned]
+
+        async def call() -> Any:
+            return await self._admit(keys=keys, args=args)
+
+        ok, reply = await self._guard("acquire", key, call)
+        if not ok:
+            return self._fallback.acquire_now(key, request)
+        assert reply is not None
+        return _parse_admission(reply, request.limit_tpm)
+
+    async def release(self, key: LimitKey, holder: str, *, local: bool) -> None:
+        if local:
+            await self._fallback.release(key, holder)
+            return
+        leases = redis_keys(key).leases
+
+        async def call() -> Any:
+            return await self._redis.zrem(leases, holder)
+
+        await self._guard("release", key, call)  # failed: the lease expires by itself
+
+    async def adjust_tokens(self, key: LimitKey, delta_tokens: int, tpm: float) -> None:
+        if tpm <= 0 or delta_tokens == 0:
+            return
+        tokens_tat = redis_keys(key).tokens_tat
+
+        async def call() -> Any:
+            return await self._adjust(keys=[tokens_tat], args=[delta_tokens, repr(60000.0 / tpm)])
+
+        ok, _ = await self._guard("adjust", key, call)
+        if not ok:
+            await self._fallback.adjust_tokens(key, delta_tokens, tpm)
+
+    async def pause(self, key: LimitKey, pause_s: float) -> float:
+        pause_key = redis_keys(key).pause_until
+
+        async def call() -> Any:
+            return await self._pause(keys=[pause_key], args=[repr(pause_s * 1000.0)])
+
+        ok, reply = await self._guard("pause", key, call)
+        if not ok:
+            return await self._fallback.pause(key, pause_s)
+        return float(_text(reply))
+
+    async def publish_learned(self, key: LimitKey, rpm: int | None, tpm: int | None) -> None:
+        fields: dict[FieldT, EncodableT] = {
+            name: value for name, value in (("rpm", rpm), ("tpm", tpm)) if value
+        }
+        await self._fallback.publish_learned(key, rpm, tpm)
+        if not fields:
+            return
+        learned = redis_keys(key).learned
+
+        async def call() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(learned, mapping=fields)
+                pipe.pexpire(learned, LEARNED_TTL_MS)
+                return await pipe.execute()
+
+        await self._guard("publish", key, call)
+
+    async def aclose(self) -> None:
+        await self._fallback.aclose()

@@ -1,0 +1,135 @@
+"""Prompt templates: Jinja2 text -> the ``(role, content)`` messages of one request.
+
+**Roles convention.** A template is split into messages by *marker lines*: a line that
+holds nothing but a Jinja comment naming a role, ``{# system #}``, ``{# user #}`` or
+``{# assistant #}`` (``{#- user -#}`` works too). Each marker starts a message that runs
+to the next marker. A template without markers is one ``user`` message; text before the
+first marker is not allowed. Because the markers are comments, a template is valid Jinja
+as a whole, and since each section is rendered on its own a variable's *value* can never
+inject a new message (a keyword that contains ``{# system #}`` stays text). A Jinja
+statement cannot span two sections. Messages that render blank are dropped.
+
+**Rendering.** Templates run in :class:`jinja2.sandbox.ImmutableSandboxedEnvironment`
+(batch templates come from users: no attribute tricks, no mutation of the variables) with
+:class:`jinja2.StrictUndefined`, so a misspelt variable fails the job's input loudly
+instead of sending a prompt with a hole in it. Autoescaping is off: the output is a
+prompt, not HTML. Use ``{% if name is defined %}`` for optional variables.
+
+``version`` is ``sha256(text)[:16]`` and is part of the result-cache key: editing a
+template can never serve articles written for the old one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from bulkgen.errors import ConfigError, InputError
+
+__all__ = ["ROLES", "PromptTemplate"]
+
+ROLES = ("system", "user", "assistant")
+MAX_TEMPLATE_CHARS = 100_000
+
+_MARKER = re.compile(r"^[ \t]*\{#-?[ \t]*(system|user|assistant)[ \t]*-?#\}[ \t]*$", re.M)
+_UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+_Section = tuple[str, jinja2.Template]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A validated template and its version. Build with :meth:`from_text` or :meth:`default`."""
+
+    text: str
+    version: str
+
+    @classmethod
+    def default(cls) -> PromptTemplate:
+        """The built-in article prompt (``templates/article.j2``)."""
+        text = resources.files("bulkgen").joinpath("templates", "article.j2").read_text("utf-8")
+        return cls.from_text(text)
+
+    @classmethod
+    def from_text(cls, text: str) -> PromptTemplate:
+        """Validate ``text`` now (syntax errors -> :class:`ConfigError` with the line number),
+        so a broken template is refused when the batch is submitted, not per job."""
+        _compile(text)
+        return cls(text=text, version=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
+
+    def render(self, variables: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+        """The messages for one job, content stripped; undefined variable -> InputError."""
+        messages: list[tuple[str, str]] = []
+        for role, template in _compile(self.text):
+            content = _render_section(template, variables).strip()
+            if content:
+                messages.append((role, content))
+        if not messages:
+            raise InputError("the prompt template rendered no message")
+        return tuple(messages)
+
+
+def _render_section(template: jinja2.Template, variables: Mapping[str, object]) -> str:
+    try:
+        return template.render(variables)
+    except jinja2.UndefinedError as exc:
+        match = _UNDEFINED.match(str(exc.message or ""))
+        if match:
+            name = match.group(1)
+            raise InputError(f"template variable {name!r} is undefined", field=name) from exc
+        raise InputError(f"template refers to something undefined: {exc.message}") from exc
+    except SecurityError as exc:
+        raise ConfigError(f"prompt template did something unsafe: {exc}") from exc
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        raise InputError(f"prompt template failed to render: {exc}") from exc
+
+
+def _split(text: str) -> list[tuple[str, int, str]]:
+    """``(role, first line number, source)`` per section, line numbers 1-based in ``text``."""
+    markers = list(_MARKER.finditer(text))
+    if not markers:
+        return [("user", 1, text)]
+    head = text[: markers[0].start()]
+    if head.strip():
+        line = head.count("\n", 0, len(head) - len(head.lstrip())) + 1
+        raise ConfigError(
+            f"prompt template line {line}: text before the first role marker "
+            "({# system #} / {# user #} / {# assistant #})"
+        )
+    sections = []
+    for index, marker in enumerate(markers):
+        end = markers[index + 1].start() if index + 1 < len(markers) else len(text)
+        start = marker.end()
+        sections.append((marker.group(1), text.count("\n", 0, start) + 1, text[start:end]))
+    return sections
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(text: str) -> tuple[_Section, ...]:
+    """Compiled sections of ``text``; cached because every job of a batch shares one."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise ConfigError(f"prompt template is longer than {MAX_TEMPLATE_CHARS} characters")
+    _parse(text, first_line=1)  # whole-text check: the best line numbers for users
+    return tuple((role, _parse(source, first_line=line)) for role, line, source in _split(text))
+
+
+def _parse(source: str, *, first_line: int) -> jinja2.Template:
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        line = (exc.lineno or 1) + first_line - 1
+        raise ConfigError(f"prompt template syntax error at line {line}: {exc.message}") from exc

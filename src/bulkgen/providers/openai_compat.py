@@ -1,0 +1,284 @@
+"""OpenAI-compatible provider over the official ``openai`` SDK, with the SDK's retries off.
+
+This module is the one boundary where ``openai``/``httpx`` errors become bulkgen errors::
+
+    429 + code/type insufficient_quota  -> QuotaExhausted        (fails at once)
+    429 otherwise                       -> RateLimited           (snooze, no attempt burnt)
+    408, 409                            -> ProviderUnavailable   (retryable at OpenAI)
+    400, 401, 403, 404, 422, other 4xx  -> ProviderRejected      (fails at once)
+    5xx and any other status            -> ProviderUnavailable
+    openai.APITimeoutError              -> ProviderTimeout
+    openai.APIConnectionError           -> ProviderConnectionError
+    unparseable 2xx body / no choices   -> InvalidOutput(reason="malformed")
+
+Every translated error carries ``status_code``, the response headers (lower-cased) and
+``retry_after_s`` from ``retry-after-ms`` (preferred) or ``retry-after`` (seconds or an
+HTTP date). Retrying is never done here: the SDK runs with ``max_retries=0`` and the
+worker's :class:`~bulkgen.retry.RetryPolicy` decides, so one 429 cannot turn into a
+hidden burst of retries from every coroutine at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, cast
+
+import httpx
+import openai
+
+from bulkgen.errors import (
+    InvalidOutput,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+)
+from bulkgen.models import ChatRequest, Completion, Usage
+from bulkgen.providers.base import api_key_id
+
+__all__ = ["OpenAICompatProvider", "api_key_id", "parse_retry_after_s", "translate_error"]
+
+_RETRYABLE_4XX = frozenset({408, 409})
+
+
+def _lower_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+def parse_retry_after_s(headers: Mapping[str, str], *, now_s: float) -> float | None:
+    """The provider's wait hint in seconds, or None when absent or unreadable.
+
+    ``retry-after-ms`` wins because it is the more precise of the two; ``retry-after`` may
+    be delta-seconds or an HTTP date (RFC 9110), compared against ``now_s`` (epoch seconds,
+    injected so the translation stays testable). Negative or non-finite values are ignored
+    rather than trusted, so a bad header can never schedule a job into the past or forever.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value_ms = float(raw_ms.strip())
+        except ValueError:
+            value_ms = math.nan
+        if math.isfinite(value_ms) and value_ms >= 0:
+            return value_ms / 1000.0
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw.strip())
+    except ValueError:
+        return _retry_after_date_s(raw, now_s=now_s)
+    if math.isfinite(seconds) and seconds >= 0:
+        return seconds
+    return None
+
+
+def _retry_after_date_s(raw: str, *, now_s: float) -> float | None:
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_s)
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    """The OpenAI error code, looked up in both places servers put it (code, then type)."""
+    if exc.code:
+        return exc.code
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            for key in ("code", "type"):
+                value = inner.get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return getattr(exc, "type", None) or None
+
+
+def _status_error_class(status: int, code: str | None) -> type[ProviderError]:
+    if status == 429:
+        return QuotaExhausted if code == "insufficient_quota" else RateLimited
+    if status in _RETRYABLE_4XX:
+        return ProviderUnavailable
+    if 400 <= status < 500:
+        return ProviderRejected
+    return ProviderUnavailable
+
+
+def translate_error(exc: openai.OpenAIError, *, now_s: float) -> ProviderError:
+    """Map one SDK error to the bulkgen tree (see the module docstring for the table).
+
+    Unknown SDK errors become :class:`ProviderUnavailable` (retryable, attempts burnt) so
+    they end as a loud ``failed`` after ``max_attempts`` instead of escaping untyped.
+    """
+    if isinstance(exc, openai.APIStatusError):
+        headers = _lower_headers(exc.response.headers.items())
+        code = _error_code(exc)
+        cls = _status_error_class(exc.status_code, code)
+        detail = f"HTTP {exc.status_code}" + (f" ({code})" if code else "")
+        return cls(
+            f"{detail}: {exc.message}",
+            status_code=exc.status_code,
+            retry_after_s=parse_retry_after_s(headers, now_s=now_s),
+            headers=headers,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout(f"provider timed out: {exc}")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+        return ProviderConnectionError(f"connection to provider failed: {why}")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return _malformed(f"response failed validation: {exc}", exc.status_code, {})
+    return ProviderUnavailable(f"provider call failed: {type(exc).__name__}: {exc}")
+
+
+def _malformed(message: str, status_code: int, headers: dict[str, str]) -> InvalidOutput:
+    error = InvalidOutput(message, reason="malformed")
+    error.status_code = status_code
+    error.headers = headers
+    return error
+
+
+def _as_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_completion_body(
+    body: bytes, *, request_model: str, status_code: int, headers: dict[str, str]
+) -> tuple[str, Usage, str, str]:
+    """``(content, usage, finish_reason, model)`` from a chat-completion body.
+
+    The SDK's own parsing does not validate (a body of ``{}`` parses), so the shape is
+    checked here: anything without a first choice carrying a message is ``malformed``,
+    which the retry policy treats as a retryable invalid output rather than an empty
+    success. ``content: null`` becomes ``""`` so that emptiness is judged in one place,
+    :func:`bulkgen.formatting.validate_completion`.
+    """
+    try:
+        data: object = json.loads(body)
+    except ValueError as exc:
+        raise _malformed(f"body is not JSON: {exc}", status_code, headers) from exc
+    if not isinstance(data, dict):
+        raise _malformed("body is not a JSON object", status_code, headers)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _malformed("response has no choices", status_code, headers)
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise _malformed("first choice has no message", status_code, headers)
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _malformed("message content is not a string", status_code, headers)
+    finish_reason = choices[0].get("finish_reason")
+    usage_raw = data.get("usage")
+    usage = Usage()
+    if isinstance(usage_raw, dict):
+        usage = Usage(
+            prompt_tokens=_as_int(usage_raw.get("prompt_tokens")),
+            completion_tokens=_as_int(usage_raw.get("completion_tokens")),
+        )
+    model = data.get("model")
+    return (
+        content or "",
+        usage,
+        finish_reason if isinstance(finish_reason, str) and finish_reason else "unknown",
+        model if isinstance(model, str) and model else request_model,
+    )
+
+
+class OpenAICompatProvider:
+    """A :class:`~bulkgen.providers.base.Provider` for OpenAI and OpenAI-compatible servers.
+
+    One instance owns one connection pool (``max_connections``) shared by every coroutine
+    of the process; ``http_client`` is injectable for tests (e.g. over
+    ``httpx.MockTransport``). ``clock`` (epoch seconds) only serves HTTP-date
+    ``retry-after`` values.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float = 10.0,
+        max_connections: int = 1000,
+        http_client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url
+        self.api_key_id = api_key_id(api_key)
+        self._clock = clock
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        if http_client is None:
+            http_client = httpx.AsyncClient(
+                timeout=timeout,
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=max_connections,
+                ),
+            )
+        # The SDK accepts an httpx.AsyncClient at run time; its annotation names its own
+        # client type, hence the cast.
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=cast(Any, timeout),
+            http_client=cast(Any, http_client),
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatProvider(base_url={self.base_url!r}, api_key_id={self.api_key_id!r})"
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """One call, no retry; errors come out as :mod:`bulkgen.errors` types only."""
+        kwargs: dict[str, Any] = dict(request.extra)
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        started_s = time.monotonic()
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=request.model,
+                messages=cast(Any, request.as_messages()),
+                max_tokens=request.max_tokens,
+                **kwargs,
+            )
+            body = raw.content
+        except openai.OpenAIError as exc:
+            raise translate_error(exc, now_s=self._clock()) from exc
+        latency_s = time.monotonic() - started_s
+        headers = _lower_headers(raw.headers.items())
+        if not 200 <= raw.status_code < 300:
+            raise ProviderUnavailable(
+                f"HTTP {raw.status_code}: unexpected status",
+                status_code=raw.status_code,
+                retry_after_s=parse_retry_after_s(headers, now_s=self._clock()),
+                headers=headers,
+            )
+        content, usage, finish_reason, model = parse_completion_body(
+            body, request_model=request.model, status_code=raw.status_code, headers=headers
+        )
+        return Completion(
+            content=content,
+            usage=usage,
+            finish_reason=finish_reason,
+            model=model,
+            headers=headers,
+            latency_s=latency_s,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool; the provider is unusable afterwards."""
+        await self._client.close()

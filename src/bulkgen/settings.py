@@ -30,9 +30,7 @@ class Settings(BaseSettings):
     # Services (the seed's names, no prefix).
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
-    openai_api_key: SecretStr | None = Field(
-        default=None, validation_alias=_env("OPENAI_API_KEY")
-    )
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))
 
     # Database.

@@ -1,0 +1,186 @@
+"""One job, start to finish, without a database connection:
+prompt -> cache -> single-flight -> limiter -> provider -> validate -> format -> outcome.
+
+The pipeline returns an outcome row (done, retry, failed) and never writes it: the worker
+hands it to the status writer, which writes many at once. Every error ends in a decision
+of the retry policy, so nothing can fall through to an empty ``done`` (the seed's bug).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bulkgen.cache import CachedResult, SingleFlight, cache_key, cache_scope
+from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow
+from bulkgen.errors import BulkgenError, InputError
+from bulkgen.formatting import format_article, validate_completion
+from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.limits import LimitKey, RateGovernor
+from bulkgen.metrics import Metrics
+from bulkgen.models import ChatRequest
+from bulkgen.prompts import PromptTemplate
+from bulkgen.providers import Provider
+from bulkgen.retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+Outcome = DoneRow | RetryRow | FailedRow
+
+# A rough, provider-agnostic prompt size: the admission reserves this plus max_tokens and
+# reconciles with the provider's own usage count afterwards.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What every job of a batch shares, loaded once per batch per worker."""
+
+    account_id: int
+    options: BatchOptions
+    template: PromptTemplate
+    cache_scope_mode: str = "account"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    min_words: int
+    max_tokens_growth: float = 2.0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        provider: Provider,
+        governor: RateGovernor,
+        singleflight: SingleFlight,
+        retry: RetryPolicy,
+        config: PipelineConfig,
+        metrics: Metrics,
+    ) -> None:
+        self.provider = provider
+        self.governor = governor
+        self.singleflight = singleflight
+        self.retry = retry
+        self.config = config
+        self.metrics = metrics
+        self._limit_keys: set[LimitKey] = set()
+
+    def allows_claim(self) -> bool:
+        """False while a circuit breaker is open for a provider key this worker uses:
+        jobs then stay queued with their attempts intact."""
+        return all(self.governor.allows_claim(key) for key in self._limit_keys)
+
+    def build_request(self, job: ClaimedJob, plan: BatchPlan) -> ChatRequest:
+        """The exact request a job sends; also what its cache key is made of."""
+        job_input = JobInput(
+            keyword=job.input["keyword"],
+            variables=job.input.get("variables", {}),
+            overrides=job.input.get("overrides", {}),
+        )
+        options = job_input.options(plan.options)
+        variables: dict[str, Any] = {
+            **job_input.variables,
+            "keyword": job_input.keyword,
+            "tone": options.tone,
+            "language": options.language,
+            "target_words": options.target_words,
+        }
+        max_tokens = options.max_tokens
+        if job.max_tokens_grown:
+            max_tokens = int(max_tokens * self.config.max_tokens_growth)
+        return ChatRequest(
+            model=options.model,
+            messages=plan.template.render(variables),
+            max_tokens=max_tokens,
+            temperature=options.temperature,
+        )
+
+    async def run(self, job: ClaimedJob, plan: BatchPlan) -> Outcome:
+        started = time.monotonic()
+        try:
+            request = self.build_request(job, plan)
+            key = cache_key(
+                scope=cache_scope(plan.cache_scope_mode, str(plan.account_id)),  # type: ignore[arg-type]
+                base_url=self.provider.base_url,
+                request=request,
+                template_version=plan.template.version,
+            )
+            result, source = await self.singleflight.run(key, lambda: self._generate(request))
+            article = format_article(result.content, fallback_title=job.input["keyword"])
+        except InputError as exc:
+            return FailedRow(job.id, "failed", 1, "invalid_input", str(exc))
+        except BulkgenError as exc:
+            return self._on_error(job, exc)
+        cached = source != "provider"
+        self.metrics.inc("jobs.done", cached=cached)
+        self.metrics.observe("job.seconds", time.monotonic() - started)
+        return DoneRow(
+            job_id=job.id,
+            content=article.markdown,
+            html=article.html,
+            title=article.title,
+            word_count=article.word_count,
+            finish_reason=result.finish_reason,
+            model=result.model,
+            cached=cached,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            cache_key=key,
+        )
+
+    async def _generate(self, request: ChatRequest) -> CachedResult:
+        """One admitted provider call, validated before anyone (the cache included) sees it."""
+        limit_key = LimitKey(self.provider.base_url, self.provider.api_key_id, request.model)
+        self._limit_keys.add(limit_key)
+        estimated = request.prompt_chars() // CHARS_PER_TOKEN + request.max_tokens
+        async with self.governor.slot(limit_key, estimated) as slot:
+            completion = await self.provider.complete(request)
+            await slot.record(completion)
+        self.metrics.inc("provider.completions", model=request.model)
+        validate_completion(completion, min_words=self.config.min_words)
+        return CachedResult(
+            content=completion.content,
+            usage=completion.usage,
+            model=completion.model or request.model,
+            finish_reason=completion.finish_reason,
+        )
+
+    def _on_error(self, job: ClaimedJob, exc: BulkgenError) -> Outcome:
+        attempts = job.attempts + 1
+        decision = self.retry.decide(
+            exc,
+            attempts=attempts,
+            rate_limited_s=job.rate_limited_ms / 1000,
+            grew_max_tokens=job.max_tokens_grown,
+        )
+        message = f"{type(exc).__name__}: {exc}"
+        burnt = 1 if decision.burns_attempt else 0
+        if decision.action == "fail":
+            self.metrics.inc("jobs.failed", error_kind=decision.error_kind)
+            logger.error(
+                "job.failed",
+                extra={
+                    "job_id": job.id,
+                    "attempts": job.attempts + burnt,
+                    "error_kind": decision.error_kind,
+                    "error": message,
+                },
+            )
+            return FailedRow(job.id, "failed", burnt, decision.error_kind, message)
+        self.metrics.inc(
+            "jobs.retried" if burnt else "jobs.snoozed", error_kind=decision.error_kind
+        )
+        snoozed_ms = 0 if burnt else int(decision.delay_s * 1000)
+        return RetryRow(
+            job.id,
+            decision.delay_s,
+            burnt,
+            snoozed_ms,
+            decision.grow_max_tokens,
+            decision.error_kind,
+            message,
+        )

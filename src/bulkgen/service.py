@@ -1,0 +1,180 @@
+"""The one composition root: settings -> pool, store, Redis, cache, limiter, provider.
+
+Every face (CLI, API, tests, benchmarks) builds its parts here, so there is exactly one
+place that decides embedded vs. external PostgreSQL, in-process vs. Redis limits and
+cache, and simulator vs. real provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bulkgen.cache import SingleFlight, build_cache
+from bulkgen.db.embedded import start_embedded
+from bulkgen.db.migrate import migrate
+from bulkgen.db.pool import create_pool
+from bulkgen.db.store import Store
+from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.limits import RateGovernor, build_governor
+from bulkgen.metrics import Metrics
+from bulkgen.metrics import metrics as default_metrics
+from bulkgen.pipeline import Pipeline, PipelineConfig
+from bulkgen.prompts import PromptTemplate
+from bulkgen.providers import OpenAICompatProvider, Provider
+from bulkgen.retry import RetryPolicy
+from bulkgen.settings import Settings
+from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.worker import Worker, WorkerConfig
+
+logger = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+SIMULATOR_API_KEY = "sk-simulator"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    provider: Provider
+    governor: RateGovernor
+    singleflight: SingleFlight
+    metrics: Metrics
+    redis: aioredis.Redis | None = None
+    database_url: str = ""
+    _closers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(
+            provider=self.provider,
+            governor=self.governor,
+            singleflight=self.singleflight,
+            retry=RetryPolicy.from_settings(self.settings),
+            config=PipelineConfig(min_words=self.settings.min_words),
+            metrics=self.metrics,
+        )
+
+    def worker(self, *, concurrency: int | None = None, burst: bool = False) -> Worker:
+        s = self.settings
+        config = WorkerConfig(
+            concurrency=concurrency or s.concurrency,
+            lease_s=s.lease_s,
+            heartbeat_s=s.heartbeat_s,
+            poll_s=s.poll_s,
+            shutdown_grace_s=s.shutdown_grace_s,
+            status_flush_ms=s.status_flush_ms,
+            max_attempts=s.max_attempts,
+            burst=burst,
+            cache_scope=s.cache_scope,
+        )
+        return Worker(self.store, self.pipeline(), config, metrics=self.metrics)
+
+    async def submit(
+        self,
+        rows: Sequence[JobInput],
+        options: BatchOptions,
+        *,
+        account: str = "default",
+        budget_usd: Decimal | None = None,
+    ) -> uuid.UUID:
+        """Enqueue a batch atomically; the template is checked before anything is written."""
+        template = (
+            PromptTemplate.from_text(options.template)
+            if options.template
+            else PromptTemplate.default()
+        )
+        account_id = await self.store.account_ensure(account)
+        stored_options: dict[str, Any] = {
+            k: v for k, v in asdict(options).items() if k != "template"
+        }
+        inputs = [
+            {"keyword": r.keyword, "variables": r.variables, "overrides": r.overrides} for r in rows
+        ]
+        return await self.store.batch_create(
+            account_id=account_id,
+            options=stored_options,
+            template=template.text,
+            template_version=template.version,
+            inputs=inputs,
+            budget_usd=budget_usd,
+        )
+
+    async def aclose(self) -> None:
+        await self._closers.aclose()
+
+
+async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Provider:
+    if settings.uses_simulator:
+        sim = await stack.enter_async_context(SimulatorProcess(SimConfig()))
+        base_url, api_key = sim.base_url, SIMULATOR_API_KEY
+        logger.info("service.simulator", extra={"base_url": base_url})
+    else:
+        base_url = settings.openai_base_url or OPENAI_BASE_URL
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    provider = OpenAICompatProvider(base_url, api_key, timeout_s=settings.provider_timeout_s)
+    stack.push_async_callback(provider.aclose)
+    return provider
+
+
+async def open_services(
+    settings: Settings,
+    *,
+    provider: Provider | None = None,
+    metrics: Metrics | None = None,
+    concurrency_cap: int | None = None,
+) -> Services:
+    """Build everything; the caller must ``await services.aclose()`` (or use ``services()``)."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        database_url = settings.database_url or await start_embedded(settings.data_dir)
+        pool = await create_pool(
+            database_url,
+            max_size=settings.db_pool_max,
+            min_size=settings.db_pool_min,
+            command_timeout_s=settings.db_command_timeout_s,
+        )
+        stack.push_async_callback(pool.close)
+        await migrate(pool)
+        redis = None
+        if settings.redis_url:
+            redis = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+            stack.push_async_callback(redis.aclose)
+        metrics = metrics or default_metrics
+        if provider is None:
+            provider = await _provider(settings, stack)
+        governor = await build_governor(settings, redis, max_concurrency=concurrency_cap)
+        stack.push_async_callback(governor.aclose)
+        _, singleflight = build_cache(settings, redis, metrics=metrics)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return Services(
+        settings=settings,
+        store=Store(pool),
+        provider=provider,
+        governor=governor,
+        singleflight=singleflight,
+        metrics=metrics,
+        redis=redis,
+        database_url=database_url,
+        _closers=stack,
+    )
+
+
+@contextlib.asynccontextmanager
+async def services(settings: Settings, **kwargs: Any) -> AsyncIterator[Services]:
+    built = await open_services(settings, **kwargs)
+    try:
+        yield built
+    finally:
+        await built.aclose()

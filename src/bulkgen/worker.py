@@ -1,0 +1,230 @@
+"""The worker: claims jobs, runs pipelines under a concurrency cap, keeps its lease alive,
+and shuts down without losing anything.
+
+- **Claim** several jobs per statement (``FOR UPDATE SKIP LOCKED``), as many as there are
+  free slots, fairly across accounts. LISTEN/NOTIFY wakes it on new work; polling every
+  ``poll_s`` is the fallback (a lost notification costs latency, never a job).
+- **Lease**: one heartbeat row per worker (writes per worker, not per job). Every
+  heartbeat also re-queues jobs of workers whose heartbeat went stale, so any worker can die
+  at any moment and its jobs come back.
+- **Finish**: outcomes go through the batched status writer, fenced on this worker's id.
+- **Stop** (SIGINT/SIGTERM or ``stop()``): claim nothing more, give in-flight jobs
+  ``shutdown_grace_s`` to finish, return the rest to the queue untouched.
+- **Burst**: exit once no job is queued or running anywhere (arq's ``burst``), which is
+  what tests, the demo and ``bulkgen worker --burst`` use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from bulkgen.db.store import ClaimedJob, FailedRow, Store
+from bulkgen.db.writer import StatusWriter
+from bulkgen.errors import StorageError
+from bulkgen.intake import validate_options
+from bulkgen.metrics import Metrics
+from bulkgen.pipeline import BatchPlan, Pipeline
+from bulkgen.prompts import PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    concurrency: int = 8
+    lease_s: float = 60.0
+    heartbeat_s: float = 10.0
+    poll_s: float = 2.0
+    shutdown_grace_s: float = 30.0
+    status_flush_ms: int = 100
+    max_attempts: int = 5
+    burst: bool = False
+    cache_scope: str = "account"
+
+
+class Worker:
+    def __init__(
+        self, store: Store, pipeline: Pipeline, config: WorkerConfig, *, metrics: Metrics
+    ) -> None:
+        self.id = uuid.uuid4()
+        self.store = store
+        self.pipeline = pipeline
+        self.config = config
+        self.metrics = metrics
+        self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
+        self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._plans: dict[uuid.UUID, BatchPlan] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight jobs get the grace period."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self, *, install_signals: bool = False) -> None:
+        await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
+        self.writer.start()
+        if install_signals:
+            self._install_signals()
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="bulkgen-heartbeat"),
+            asyncio.create_task(self._listen(), name="bulkgen-listen"),
+        ]
+        logger.info("worker.started", extra={"worker_id": str(self.id)})
+        try:
+            await self._claim_loop()
+        finally:
+            self._stopping.set()
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.writer.close()
+            with contextlib.suppress(StorageError):
+                await self.store.worker_delete(self.id)
+            logger.info("worker.stopped", extra={"worker_id": str(self.id)})
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self._inflight)
+            claimed: list[ClaimedJob] = []
+            if free > 0 and self.pipeline.allows_claim():
+                try:
+                    claimed = await self.store.jobs_claim(self.id, free, self.config.lease_s)
+                except StorageError as exc:
+                    logger.warning("worker.claim_failed", extra={"error": str(exc)})
+                    self.metrics.inc("db.claim_failed")
+            for job in claimed:
+                await self._start(job)
+            if claimed and len(claimed) == free:
+                await self._wait_for_slot()
+                continue
+            if (
+                self.config.burst
+                and not self._inflight
+                and not claimed
+                and (await self._queue_is_empty())
+            ):
+                return
+            await self._wait_for_work()
+
+    async def _queue_is_empty(self) -> bool:
+        try:
+            return await self.store.jobs_pending() == 0
+        except StorageError:
+            return False
+
+    async def _wait_for_slot(self) -> None:
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _wait_for_work(self) -> None:
+        """Until a notification, a finished job, a stop, or the poll interval."""
+        self._wake.clear()
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+        waiters |= set(self._inflight)
+        _, pending = await asyncio.wait(
+            waiters, timeout=self.config.poll_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for fut in pending - set(self._inflight):
+            fut.cancel()
+
+    async def _start(self, job: ClaimedJob) -> None:
+        try:
+            plan = await self._plan(job.batch_id)
+        except StorageError:
+            await self.store.jobs_release(self.id, [job.id])
+            raise
+        task = asyncio.create_task(self._run_job(job, plan), name=f"bulkgen-job-{job.id}")
+        self._inflight[task] = job
+        task.add_done_callback(self._inflight.pop)
+
+    async def _plan(self, batch_id: uuid.UUID) -> BatchPlan:
+        plan = self._plans.get(batch_id)
+        if plan is None:
+            batch = await self.store.batch_get(batch_id)
+            if batch is None:
+                raise StorageError(f"batch {batch_id} vanished")
+            plan = BatchPlan(
+                account_id=batch.account_id,
+                options=validate_options(batch.options),
+                template=PromptTemplate.from_text(batch.template),
+                cache_scope_mode=self.config.cache_scope,
+            )
+            self._plans[batch_id] = plan
+        return plan
+
+    async def _run_job(self, job: ClaimedJob, plan: BatchPlan) -> None:
+        try:
+            outcome = await self.pipeline.run(job, plan)
+        except Exception as exc:  # a bug must fail the job loudly, not strand it
+            logger.exception("job.crashed", extra={"job_id": job.id})
+            outcome = FailedRow(job.id, "failed", 1, "internal", f"{type(exc).__name__}: {exc}")
+        if not await self.writer.write(outcome):
+            # Another worker took the job over after our lease lapsed; its result wins.
+            self.metrics.inc("jobs.fenced_out")
+            logger.warning("job.fenced_out", extra={"job_id": job.id})
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        _, pending = await asyncio.wait(set(self._inflight), timeout=self.config.shutdown_grace_s)
+        leftovers = [self._inflight[t] for t in pending if t in self._inflight]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if leftovers:
+            with contextlib.suppress(StorageError):
+                released = await self.store.jobs_release(self.id, [j.id for j in leftovers])
+                logger.info("worker.released", extra={"jobs": released})
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            try:
+                if not await self.store.worker_heartbeat(self.id):
+                    await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
+                rescued = await self.store.jobs_rescue(
+                    self.config.lease_s, self.config.max_attempts
+                )
+                if rescued:
+                    self.metrics.inc("jobs.rescued", rescued)
+                    logger.warning("worker.rescued", extra={"jobs": rescued})
+                    self._wake.set()
+            except StorageError as exc:
+                logger.warning("worker.heartbeat_failed", extra={"error": str(exc)})
+
+    async def _listen(self) -> None:
+        """LISTEN on one pooled connection; a hint only, polling covers its loss."""
+
+        def on_notify(*_: object) -> None:
+            self._wake.set()
+
+        while True:
+            try:
+                async with self.store.pool.acquire() as conn:
+                    lost = asyncio.Event()
+                    conn.add_termination_listener(lambda _conn, ev=lost: ev.set())
+                    await conn.add_listener("bulkgen_jobs", on_notify)
+                    try:
+                        await lost.wait()
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await conn.remove_listener("bulkgen_jobs", on_notify)
+            except Exception as exc:  # a lost listener is only a lost hint
+                logger.warning("worker.listen_failed", extra={"error": str(exc)})
+                await asyncio.sleep(self.config.poll_s)

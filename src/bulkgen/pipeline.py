@@ -74,6 +74,12 @@ class Pipeline:
         jobs then stay queued with their attempts intact."""
         return all(self.governor.allows_claim(key) for key in self._limit_keys)
 
+    def auto_concurrency(self) -> int:
+        """In-flight calls the limiter can sustain for the keys this worker has used."""
+        if not self._limit_keys:
+            return 1
+        return sum(self.governor.concurrency_limit(key) for key in self._limit_keys)
+
     def build_request(self, job: ClaimedJob, plan: BatchPlan) -> ChatRequest:
         """The exact request a job sends; also what its cache key is made of."""
         job_input = JobInput(

@@ -66,6 +66,7 @@ class Services:
         s = self.settings
         config = WorkerConfig(
             concurrency=concurrency or s.concurrency,
+            concurrency_auto_max=s.concurrency_auto_max,
             lease_s=s.lease_s,
             heartbeat_s=s.heartbeat_s,
             poll_s=s.poll_s,
@@ -129,7 +130,6 @@ async def open_services(
     *,
     provider: Provider | None = None,
     metrics: Metrics | None = None,
-    concurrency_cap: int | None = None,
 ) -> Services:
     """Build everything; the caller must ``await services.aclose()`` (or use ``services()``)."""
     stack = contextlib.AsyncExitStack()
@@ -152,7 +152,7 @@ async def open_services(
         metrics = metrics or default_metrics
         if provider is None:
             provider = await _provider(settings, stack)
-        governor = await build_governor(settings, redis, max_concurrency=concurrency_cap)
+        governor = await build_governor(settings, redis)
         stack.push_async_callback(governor.aclose)
         _, singleflight = build_cache(settings, redis, metrics=metrics)
     except BaseException:

@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     db_command_timeout_s: float = Field(default=30.0, gt=0)
 
     # Worker.
-    concurrency: int = Field(default=8, ge=1, le=10_000)
+    # Jobs in flight per worker process. None = auto: follows the admitted rate and the
+    # observed latency (Little's law, see limits/). A number is a hard cap that wins.
+    concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    concurrency_auto_max: int = Field(default=1000, ge=1)
     lease_s: float = Field(default=60.0, gt=0)
     heartbeat_s: float = Field(default=10.0, gt=0)
     poll_s: float = Field(default=2.0, gt=0)

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    concurrency: int = 8
+    concurrency: int | None = None  # None: follow the limiter (Little's law)
+    concurrency_auto_max: int = 1000
     lease_s: float = 60.0
     heartbeat_s: float = 10.0
     poll_s: float = 2.0
@@ -100,7 +101,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
-            free = self.config.concurrency - len(self._inflight)
+            free = self._capacity() - len(self._inflight)
             claimed: list[ClaimedJob] = []
             if free > 0 and self.pipeline.allows_claim():
                 try:
@@ -121,6 +122,14 @@ class Worker:
             ):
                 return
             await self._wait_for_work()
+
+    def _capacity(self) -> int:
+        """A user-set cap wins; otherwise as many jobs as the limiter can keep busy, plus a
+        few waiting at admission so a freed slot is refilled without a claim round trip."""
+        if self.config.concurrency is not None:
+            return self.config.concurrency
+        wanted = self.pipeline.auto_concurrency()
+        return max(1, min(self.config.concurrency_auto_max, wanted + max(2, wanted // 4)))
 
     async def _queue_is_empty(self) -> bool:
         try:

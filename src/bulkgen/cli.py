@@ -1,0 +1,261 @@
+"""The ``bulkgen`` command line. ``asyncio.run`` lives here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Coroutine
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from bulkgen.db.migrate import migrate
+from bulkgen.demo import run_demo, summary_table
+from bulkgen.errors import BulkgenError, ConfigError
+from bulkgen.intake import load_file, validate_options
+from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
+from bulkgen.service import Services, services
+from bulkgen.settings import Settings
+from bulkgen.simulator.cli import simulate
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+app.add_typer(db_app, name="db")
+app.command("simulate", help="Serve the OpenAI-compatible simulator.")(simulate)
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Embedded PostgreSQL data folder.")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="End with a JSON summary line.")]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one command; every bulkgen error becomes a clear message and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except BulkgenError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    try:
+        base = Settings()
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if data_dir is not None:
+            changes["data_dir"] = data_dir
+        return base.model_copy(update=changes) if changes else base
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _batch_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        err.print(f"[bold red]error:[/] {text!r} is not a batch id (a UUID)")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(min=1, max=10_000, help="How many articles.")] = 200,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a whole batch against the simulator, with progress bars and a summary."""
+    settings = _settings(data_dir)
+    report = _run(run_demo(settings, jobs=jobs, console=console, show=not as_json))
+    if not as_json:
+        console.print(summary_table(report))
+    else:
+        print(json.dumps(report.as_dict()))
+
+
+@db_app.command("migrate")
+def db_migrate(data_dir: DataDir = None) -> None:
+    """Apply pending schema migrations."""
+
+    async def body() -> list[str]:
+        async with services(_settings(data_dir)) as svc:
+            return await migrate(svc.store.pool)
+
+    applied = _run(body())
+    console.print("schema up to date" if not applied else f"applied: {', '.join(applied)}")
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="CSV with a keyword column, or JSONL.")],
+    account: Annotated[str, typer.Option(help="Account name.")] = "default",
+    model: Annotated[str | None, typer.Option(help="Model for every row.")] = None,
+    tone: Annotated[str | None, typer.Option()] = None,
+    language: Annotated[str | None, typer.Option()] = None,
+    target_words: Annotated[int | None, typer.Option(min=50, max=20_000)] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=16, max=200_000)] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+    template: Annotated[Path | None, typer.Option(help="A Jinja2 prompt template.")] = None,
+    budget_usd: Annotated[str | None, typer.Option(help="Spending cap for the batch.")] = None,
+    wait: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Enqueue a batch; prints its id."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", account):
+        err.print("[bold red]error:[/] --account takes 1-64 letters, digits, '.', '_' or '-'")
+        raise typer.Exit(2)
+    raw: dict[str, Any] = {
+        "model": model,
+        "tone": tone,
+        "language": language,
+        "target_words": target_words,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    if template is not None:
+        raw["template"] = template.read_text(encoding="utf-8")
+    budget = _budget(budget_usd)
+
+    async def body() -> None:
+        options = validate_options({k: v for k, v in raw.items() if v is not None})
+        rows = load_file(file)
+        async with services(_settings(data_dir)) as svc:
+            batch_id = await svc.submit(rows, options, account=account, budget_usd=budget)
+            print(batch_id, flush=True)
+            if wait:
+                async with batch_progress(svc.store, batch_id, len(rows), console):
+                    await wait_for_batch(svc.store, batch_id)
+                await _print_status(svc, batch_id, as_json=False)
+
+    _run(body())
+
+
+def _budget(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value < 0:
+        err.print(f"[bold red]error:[/] --budget-usd must be a non-negative amount, not {text!r}")
+        raise typer.Exit(2)
+    return value
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(min=1, max=10_000)] = None,
+    burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Claim and run jobs until stopped (SIGINT/SIGTERM) or, with --burst, until none is left."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def body() -> None:
+        async with services(_settings(data_dir)) as svc:
+            await svc.worker(concurrency=concurrency, burst=burst).run(install_signals=True)
+
+    _run(body())
+
+
+@app.command()
+def status(batch: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Counts, tokens and errors of a batch."""
+    batch_id = _batch_id(batch)
+
+    async def body() -> None:
+        async with services(_settings(data_dir)) as svc:
+            await _print_status(svc, batch_id, as_json=as_json)
+
+    _run(body())
+
+
+async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) -> None:
+    record = await svc.store.batch_get(batch_id)
+    if record is None:
+        raise ConfigError(f"no batch {batch_id}")
+    counts = await svc.store.batch_counts(batch_id)
+    summary = BatchCounts.of(record.total, counts)
+    errors = await svc.store.batch_errors(batch_id)
+    data = {
+        "batch_id": str(batch_id),
+        "account": record.account,
+        "total": record.total,
+        **{s: summary.get(s) for s in ("queued", "generating", "done", "failed", "cancelled")},
+        "prompt_tokens": sum(c.prompt_tokens for c in counts),
+        "completion_tokens": sum(c.completion_tokens for c in counts),
+        "cached": sum(c.cached for c in counts),
+        "errors": {kind: jobs for kind, jobs, _ in errors},
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(title=f"batch {batch_id} ({record.account})", show_header=False)
+    for key, value in data.items():
+        if key not in ("batch_id", "account", "errors"):
+            table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else "")
+    for kind, jobs, example in errors:
+        table.add_row(f"error: {kind}", f"{jobs:,}  e.g. {example[:80]}")
+    console.print(table)
+
+
+@app.command()
+def results(
+    batch: str,
+    out: Annotated[Path, typer.Option(help="A folder (one .md per article) or a .jsonl file.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Export a batch's articles."""
+    batch_id = _batch_id(batch)
+
+    async def body() -> int:
+        async with services(_settings(data_dir)) as svc:
+            if await svc.store.batch_get(batch_id) is None:
+                raise ConfigError(f"no batch {batch_id}")
+            rows = [row async for row in svc.store.results_iter(batch_id)]
+        return _write_results(rows, out)
+
+    written = _run(body())
+    console.print(f"wrote {written} articles to {out}")
+
+
+def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
+    if out.suffix in (".jsonl", ".ndjson"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=str) + "\n")
+        return sum(1 for r in rows if r["status"] == "done")
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for row in rows:
+        if row["status"] != "done":
+            continue
+        slug = re.sub(r"[^a-z0-9]+", "-", row["input"]["keyword"].lower()).strip("-")[:80]
+        (out / f"{row['id']}-{slug or 'article'}.md").write_text(row["content"], encoding="utf-8")
+        written += 1
+    return written
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

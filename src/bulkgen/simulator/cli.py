@@ -1,0 +1,56 @@
+"""``bulkgen simulate``: serve the OpenAI-compatible simulator from the command line.
+
+Options are validated here, once, into a :class:`SimConfig`; an unknown fault kind or a
+rate outside 0..1 stops with a message naming it instead of serving something else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bulkgen.simulator.config import DEFAULT_MODELS, ConfigError, SimConfig, parse_fault_rate
+from bulkgen.simulator.server import serve
+
+
+def simulate(
+    rpm: Annotated[int, typer.Option(help="Requests per minute per model; 0 = unlimited.")] = 500,
+    tpm: Annotated[
+        int, typer.Option(help="Tokens per minute per model (prompt + max_tokens); 0 = unlimited.")
+    ] = 30_000,
+    latency_ms: Annotated[float, typer.Option(help="Time to first token, ms.")] = 300.0,
+    tokens_per_s: Annotated[
+        float, typer.Option(help="Output speed; 0 = instant after the first token.")
+    ] = 80.0,
+    jitter: Annotated[float, typer.Option(help="Latency jitter as a fraction (0..1).")] = 0.2,
+    fault_rate: Annotated[
+        list[str] | None,
+        typer.Option(help="KIND=RATE, repeatable, e.g. --fault-rate 503=0.02."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for content, faults and jitter.")] = 0,
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8400,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    burst_s: Annotated[
+        float, typer.Option(help="Seconds' worth of the minute limit a bucket holds.")
+    ] = 1.0,
+    time_scale: Annotated[float, typer.Option(help="k > 1 runs k times faster.")] = 1.0,
+    api_key: Annotated[
+        str | None, typer.Option(help="If set, other keys get 401.", envvar="BULKGEN_SIM_API_KEY")
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Served model, repeatable.")] = None,
+    default_max_tokens: Annotated[int, typer.Option(help="max_tokens when absent.")] = 1024,
+    hang_s: Annotated[float, typer.Option(help="How long a 'hang' fault holds.")] = 3600.0,
+) -> None:
+    """Serve an OpenAI-compatible API with rate limits, latency and injected faults."""
+    try:
+        faults = dict(parse_fault_rate(item) for item in (fault_rate or ["503=0.02"]))
+        config = SimConfig(
+            rpm=rpm, tpm=tpm, burst_s=burst_s, ttft_ms=latency_ms, tokens_per_s=tokens_per_s,
+            jitter=jitter, time_scale=time_scale, faults=faults, seed=seed, api_key=api_key,
+            models=tuple(model) if model else DEFAULT_MODELS,
+            default_max_tokens=default_max_tokens, hang_s=hang_s,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    serve(config, host, port)

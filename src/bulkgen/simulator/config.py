@@ -1,0 +1,150 @@
+"""Simulator configuration: one frozen object, validated when built or changed.
+
+The simulator is changed while it runs (``POST /_sim/config``) so a test can start and end
+an outage; every change goes through :func:`apply_changes`, which validates the whole new
+object before it replaces the old one, so a bad change never leaves a half-applied config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULT_KINDS: tuple[str, ...] = (
+    "insufficient_quota",
+    "500",
+    "502",
+    "503",
+    "hang",
+    "reset",
+    "empty",
+    "whitespace",
+    "truncate",
+    "malformed",
+)
+"""Fault kinds in the order their rates are stacked on one random draw per request."""
+
+DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini")
+
+
+class ConfigError(ValueError):
+    """A simulator setting is out of range or unknown; the message names it."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything the simulator does, in simulated time unless said otherwise.
+
+    ``time_scale`` k > 1 runs the simulated clock k times faster than the wall clock:
+    latencies are divided by k and buckets refill k times faster, while every header is
+    given in wall-clock time. ``rpm``/``tpm`` of ``None`` or 0 mean unlimited. ``burst_s`` is
+    how many seconds' worth of the per-minute limit a bucket holds (1 s to 60 s).
+    """
+
+    rpm: int | None = 500
+    tpm: int | None = 30_000
+    burst_s: float = 1.0
+    ttft_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    jitter: float = 0.0
+    time_scale: float = 1.0
+    faults: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+    api_key: str | None = None
+    models: tuple[str, ...] = DEFAULT_MODELS
+    default_max_tokens: int = 1024
+    hang_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "faults", dict(self.faults))
+        object.__setattr__(self, "models", tuple(self.models))
+        _validate(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as ``GET /_sim/config`` shows it (the API key is never echoed)."""
+        data = dataclasses.asdict(self)
+        data["models"] = list(self.models)
+        data["faults"] = dict(self.faults)
+        data["api_key"] = None if self.api_key is None else "***"
+        return data
+
+
+def _validate(config: SimConfig) -> None:
+    """Reject settings that would make the simulator misbehave instead of failing later."""
+    for name in ("rpm", "tpm"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{name} must be a non-negative integer or null, got {value!r}")
+    if not 1.0 <= config.burst_s <= 60.0:
+        raise ConfigError(f"burst_s must be between 1 and 60, got {config.burst_s!r}")
+    for name in ("ttft_ms", "tokens_per_s", "hang_s"):
+        value = getattr(config, name)
+        if not _finite_at_least(value, 0.0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not _finite_at_least(config.jitter, 0.0) or config.jitter > 1.0:
+        raise ConfigError(f"jitter must be between 0 and 1, got {config.jitter!r}")
+    if not _finite_at_least(config.time_scale, 0.0) or config.time_scale == 0:
+        raise ConfigError(f"time_scale must be a finite number > 0, got {config.time_scale!r}")
+    if not isinstance(config.default_max_tokens, int) or config.default_max_tokens < 1:
+        raise ConfigError("default_max_tokens must be a positive integer")
+    for kind, rate in config.faults.items():
+        check_fault(kind, rate)
+    if not all(isinstance(m, str) and m for m in config.models):
+        raise ConfigError("models must be non-empty strings")
+
+
+def _finite_at_least(value: object, low: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= low
+    )
+
+
+def check_fault(kind: object, rate: object) -> None:
+    """Raise :class:`ConfigError` unless ``kind`` is known and ``rate`` is within 0..1."""
+    if kind not in FAULT_KINDS:
+        known = ", ".join(FAULT_KINDS)
+        raise ConfigError(f"unknown fault kind {kind!r}; known kinds: {known}")
+    if not _finite_at_least(rate, 0.0) or float(rate) > 1.0:  # type: ignore[arg-type]
+        raise ConfigError(f"fault rate for {kind!r} must be between 0 and 1, got {rate!r}")
+
+
+def parse_fault_rate(text: str) -> tuple[str, float]:
+    """Parse one ``KIND=RATE`` option, e.g. ``503=0.02``, with a message a user can act on."""
+    kind, sep, raw_rate = text.partition("=")
+    if not sep:
+        raise ConfigError(f"expected KIND=RATE (e.g. 503=0.02), got {text!r}")
+    try:
+        rate = float(raw_rate)
+    except ValueError:
+        raise ConfigError(f"fault rate in {text!r} is not a number") from None
+    check_fault(kind.strip(), rate)
+    return kind.strip(), rate
+
+
+def apply_changes(config: SimConfig, changes: Mapping[str, Any]) -> SimConfig:
+    """Return a new config with ``changes`` applied; ``faults`` is replaced as a whole.
+
+    Replacing (not merging) ``faults`` lets ``{"faults": {}}`` end every outage at once.
+    """
+    names = {f.name for f in dataclasses.fields(SimConfig)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+    updates = dict(changes)
+    if "models" in updates:
+        models = updates["models"]
+        if not isinstance(models, list | tuple):
+            raise ConfigError("models must be a list of strings")
+        updates["models"] = tuple(models)
+    if "faults" in updates and not isinstance(updates["faults"], Mapping):
+        raise ConfigError("faults must be an object of kind -> rate")
+    try:
+        return dataclasses.replace(config, **updates)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

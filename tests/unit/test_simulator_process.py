@@ -1,0 +1,47 @@
+"""The simulator in its own process, started the way the demo and benchmarks start it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from bulkgen.simulator import SimConfig, SimulatorProcess
+
+
+async def test_simulator_process_serves_its_config_and_stops_on_exit() -> None:
+    config = SimConfig(rpm=60, tpm=None, burst_s=1.0, api_key="sk-proc", faults={})
+    async with SimulatorProcess(config) as sim:
+        assert sim.base_url.startswith("http://127.0.0.1:")
+        async with openai.AsyncOpenAI(
+            base_url=sim.base_url, api_key="sk-proc", max_retries=0
+        ) as client:
+            completion = await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Keyword: kites"}]
+            )
+            assert completion.choices[0].message.content
+            with pytest.raises(openai.RateLimitError) as info:  # one-request bucket
+                await client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "Keyword: kites"}]
+                )
+            assert info.value.response.headers["x-ratelimit-limit-requests"] == "60"
+        pid = sim.pid
+        assert pid is not None
+    assert sim.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_cli_rejects_an_unknown_fault_kind_and_a_rate_out_of_range() -> None:
+    for bad in ("explode=0.1", "503=1.5"):
+        result = subprocess.run(
+            [sys.executable, "-m", "bulkgen.simulator", "--port=0", f"--fault-rate={bad}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2
+        assert "fault" in result.stderr and "listening" not in result.stdout

@@ -13,7 +13,7 @@ import pytest
 
 from bulkgen.simulator import SimConfig, running_simulator
 
-from .pipeline_support import start, statuses, submit, make_settings
+from .pipeline_support import make_settings, start, statuses, submit
 
 pytestmark = pytest.mark.postgres
 
@@ -127,3 +127,27 @@ async def _done_count(database_url: str) -> int:
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+async def test_provider_always_429_fails_as_rate_limited_never_empty_done(
+    database_url: str,
+) -> None:
+    """The seed's exact bug: exhausted 429 retries fell through to an empty `done`."""
+    sim = SimConfig(rpm=None, tpm=None, faults={"429": 1.0}, fault_retry_after_ms=100, seed=6)
+    async with running_simulator(sim) as base_url:
+        settings = make_settings(database_url, base_url, rate_limit_max_wait_s=0.5)
+        svc = await start(settings)
+        try:
+            batch_id = await submit(svc, 10)
+            await svc.worker(burst=True).run()
+            rows = await svc.store.pool.fetch(
+                "SELECT status, attempts, error_kind, rate_limited_ms FROM jobs"
+            )
+        finally:
+            await svc.aclose()
+    assert {(r["status"], r["error_kind"]) for r in rows} == {("failed", "rate_limited")}
+    # Rate-limit waits never burn attempts, and each job waited at most its bound.
+    assert {r["attempts"] for r in rows} == {0}
+    assert all(0 < r["rate_limited_ms"] <= 500 for r in rows)
+    assert await _done_count(database_url) == 0
+    del batch_id

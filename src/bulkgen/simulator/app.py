@@ -156,6 +156,9 @@ class SimulatorApp:
             body = protocol.error_body(message, "insufficient_quota", "insufficient_quota")
             await _respond(send, 429, body, headers)
             return
+        if fault == "429":
+            await self._fault_429(call, limiter, send)
+            return
         decision = limiter.admit(call.cost_tokens, self._sim_now_s())
         headers = protocol.limit_headers(decision.requests, decision.tokens, scale)
         if not decision.admitted:
@@ -167,6 +170,19 @@ class SimulatorApp:
             await self._server_fault(str(fault), headers, receive, send)
             return
         await self._complete(call, fault, headers, receive, send)
+
+    async def _fault_429(self, call: ChatCall, limiter: ModelLimiter, send: Send) -> None:
+        """An injected rate-limit refusal, whatever the buckets hold (a provider that
+        always says 429)."""
+        self.stats.faults["429"] += 1
+        self.stats.rate_limited["requests"] += 1
+        headers = protocol.limit_headers(
+            *limiter.reports(self._sim_now_s()), self._config.time_scale
+        )
+        wait_s = self._config.fault_retry_after_ms / 1000
+        message = f"Rate limit reached for {call.model} (injected). Please try again in {wait_s}s."
+        body = protocol.error_body(message, "requests", "rate_limit_exceeded")
+        await _respond(send, 429, body, headers + protocol.retry_headers(wait_s))
 
     async def _refuse(
         self, call: ChatCall, decision: Decision, headers: Headers, send: Send

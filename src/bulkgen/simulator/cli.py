@@ -41,6 +41,9 @@ def simulate(
     model: Annotated[list[str] | None, typer.Option(help="Served model, repeatable.")] = None,
     default_max_tokens: Annotated[int, typer.Option(help="max_tokens when absent.")] = 1024,
     hang_s: Annotated[float, typer.Option(help="How long a 'hang' fault holds.")] = 3600.0,
+    fault_retry_after_ms: Annotated[
+        float, typer.Option(help="The wait a '429' fault asks for, ms.")
+    ] = 200.0,
 ) -> None:
     """Serve an OpenAI-compatible API with rate limits, latency and injected faults."""
     try:
@@ -50,6 +53,7 @@ def simulate(
             jitter=jitter, time_scale=time_scale, faults=faults, seed=seed, api_key=api_key,
             models=tuple(model) if model else DEFAULT_MODELS,
             default_max_tokens=default_max_tokens, hang_s=hang_s,
+            fault_retry_after_ms=fault_retry_after_ms,
         )  # fmt: skip
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None

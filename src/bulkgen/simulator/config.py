@@ -24,6 +24,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "whitespace",
     "truncate",
     "malformed",
+    "429",
 )
 """Fault kinds in the order their rates are stacked on one random draw per request."""
 
@@ -57,6 +58,7 @@ class SimConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     default_max_tokens: int = 1024
     hang_s: float = 3600.0
+    fault_retry_after_ms: float = 200.0  # the wait a "429" fault asks for (wall clock)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", dict(self.faults))

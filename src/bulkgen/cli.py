@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from bulkgen import logs
 from bulkgen.db.migrate import migrate
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError
@@ -80,6 +81,7 @@ def demo(
     as_json: JsonFlag = False,
 ) -> None:
     """Run a whole batch against the simulator, with progress bars and a summary."""
+    logs.configure(logging.ERROR)
     settings = _settings(data_dir)
     report = _run(run_demo(settings, jobs=jobs, console=console, show=not as_json))
     if not as_json:
@@ -165,7 +167,7 @@ def worker(
     data_dir: DataDir = None,
 ) -> None:
     """Claim and run jobs until stopped (SIGINT/SIGTERM) or, with --burst, until none is left."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(logging.INFO)
 
     async def body() -> None:
         async with services(_settings(data_dir)) as svc:

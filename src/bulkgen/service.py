@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 SIMULATOR_API_KEY = "sk-simulator"
+NO_API_KEY = "sk-no-key-configured"
 
 
 @dataclass
@@ -119,7 +120,12 @@ async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Pro
         logger.info("service.simulator", extra={"base_url": base_url})
     else:
         base_url = settings.openai_base_url or OPENAI_BASE_URL
-        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        if settings.openai_api_key is None:
+            # A self-hosted OpenAI-compatible server often needs no key; the SDK needs one.
+            logger.warning("service.no_api_key", extra={"base_url": base_url})
+            api_key = NO_API_KEY
+        else:
+            api_key = settings.openai_api_key.get_secret_value()
     provider = OpenAICompatProvider(base_url, api_key, timeout_s=settings.provider_timeout_s)
     stack.push_async_callback(provider.aclose)
     return provider

@@ -1,0 +1,88 @@
+"""The command line as a user runs it: real processes, real PostgreSQL, the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bulkgen.simulator import SimConfig, SimulatorProcess
+
+pytestmark = pytest.mark.postgres
+
+
+def _bulkgen(
+    *args: str, env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bulkgen.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def _env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BULKGEN_", "REDIS_", "OPENAI_"))
+    }
+    env.update(DATABASE_URL=database_url, COLUMNS="120", **extra)
+    return env
+
+
+def test_demo_json_counts_add_up(database_url: str) -> None:
+    done = _bulkgen("demo", "--jobs", "50", "--json", env=_env(database_url))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["jobs"] == 50
+    assert report["done"] + report["failed"] + report["cancelled"] == 50
+    assert report["done"] >= 45 and report["empty_done"] == 0
+    assert 1 <= report["peak_db_connections"] <= report["db_pool_max"]
+    assert report["provider_requests"] >= report["done"]
+    assert report["completion_tokens"] > 0
+
+
+def test_submit_worker_status_results(database_url: str, tmp_path: Path) -> None:
+    keywords = tmp_path / "k.csv"
+    keywords.write_text("keyword,audience\nalpha,cooks\nbeta,divers\ngamma,pilots\n")
+    sim = SimConfig(rpm=None, tpm=None, seed=9)
+    with SimulatorProcess(sim) as simulator:
+        env = _env(database_url, OPENAI_BASE_URL=simulator.base_url, OPENAI_API_KEY="sk-x")
+        submitted = _bulkgen(
+            "submit", str(keywords), "--account", "acme", "--tone", "playful", env=env
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        batch_id = submitted.stdout.strip().splitlines()[-1]
+        worked = _bulkgen("worker", "--burst", env=env)
+        assert worked.returncode == 0, worked.stderr
+    status = _bulkgen("status", batch_id, "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    summary = json.loads(status.stdout.strip().splitlines()[-1])
+    assert (summary["account"], summary["total"], summary["done"]) == ("acme", 3, 3)
+    out = tmp_path / "articles"
+    exported = _bulkgen("results", batch_id, "--out", str(out), env=env)
+    assert exported.returncode == 0, exported.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 3 and any("alpha" in f for f in files)
+    assert all((out / f).read_text().strip() for f in files)
+    jsonl = tmp_path / "all.jsonl"
+    assert _bulkgen("results", batch_id, "--out", str(jsonl), env=env).returncode == 0
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert {line["status"] for line in lines} == {"done"} and len(lines) == 3
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(database_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("keyword\nfine\n\n   \n" + "x" * 600 + "\n")
+    result = _bulkgen("submit", str(bad), env=_env(database_url, OPENAI_API_KEY="sk-x"))
+    assert result.returncode == 1
+    assert "row" in result.stderr and "keyword" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = _bulkgen("status", "not-a-uuid", env=_env(database_url))
+    assert missing.returncode == 2 and "not a batch id" in missing.stderr

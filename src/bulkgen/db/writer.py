@@ -72,10 +72,8 @@ class StatusWriter:
         """Write everything still pending, then stop."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         while self._pending:
             await self._flush_once()

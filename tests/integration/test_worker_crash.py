@@ -92,3 +92,42 @@ async def test_sigkilled_worker_jobs_are_finished_by_another(database_url: str) 
     assert len(per_job) == 60
     # The interrupted attempt is counted on every rescued job.
     assert len(rescued) == len(held) and all(r["attempts"] >= 2 for r in rescued)
+
+
+async def test_sigterm_finishes_in_flight_work_and_returns_the_rest(database_url: str) -> None:
+    """A graceful stop claims nothing more, and leaves no job stranded in `generating`."""
+    sim = SimConfig(rpm=None, tpm=None, ttft_ms=400, tokens_per_s=0, seed=10)
+    async with SimulatorProcess(sim) as simulator:
+        settings = make_settings(database_url, simulator.base_url)
+        svc = await start(settings)
+        try:
+            batch_id = await submit(svc, 80)
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bulkgen.cli",
+                "worker",
+                env=_worker_env(database_url, simulator.base_url),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            conn = await asyncpg.connect(database_url)
+            try:
+                for _ in range(600):
+                    if await _count_done(conn, batch_id) >= 5:
+                        break
+                    await asyncio.sleep(0.05)
+                worker.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(worker.wait(), 30)
+            finally:
+                await conn.close()
+            counts = await statuses(svc, batch_id)
+            workers_left = await svc.store.pool.fetchval("SELECT count(*) FROM workers")
+            burnt = await svc.store.pool.fetchval(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND attempts > 0"
+            )
+        finally:
+            await svc.aclose()
+    assert code == 0
+    assert set(counts) <= {"done", "queued"} and counts.get("queued", 0) > 0
+    assert counts["done"] >= 5 and workers_left == 0 and burnt == 0

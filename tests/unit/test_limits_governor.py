@@ -89,7 +89,8 @@ def test_public_surface_is_pinned() -> None:
 
 async def test_steady_rate_through_the_governor() -> None:
     fake, metrics = FakeTime(), Metrics()
-    gov = await make(fake, metrics, rpm=600, tpm=10_000_000)
+    exact = PolicyConfig(rpm=600, tpm=10_000_000, target_share=1.0)
+    gov = await make(fake, metrics, GovernorConfig(policy=exact))
     start_s = fake.now_s
     for _ in range(70):
         async with gov.slot(KEY, 10) as slot:
@@ -188,7 +189,7 @@ async def test_reconcile_charges_usage_above_the_reservation(
     mode: ReconcileMode, expected_wait_s: float
 ) -> None:
     fake, metrics = FakeTime(), Metrics()
-    config = GovernorConfig(policy=PolicyConfig(tpm=6_000), reconcile=mode)  # 100 tokens/s
+    config = GovernorConfig(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode)  # 100 tokens/s
     gov = await make(fake, metrics, config)
     async with gov.slot(KEY, 100) as slot:
         await slot.record(completion(700))  # used 600 more than reserved
@@ -202,7 +203,7 @@ async def test_reconcile_charges_usage_above_the_reservation(
 )
 async def test_refund_only_in_full_mode(mode: ReconcileMode, expected_wait_s: float) -> None:
     fake, metrics = FakeTime(), Metrics()
-    gov = await make(fake, metrics, GovernorConfig(policy=PolicyConfig(tpm=6_000), reconcile=mode))
+    gov = await make(fake, metrics, GovernorConfig(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode))
     async with gov.slot(KEY, 600) as slot:  # TAT 6 s ahead
         await slot.record(completion(100))
     t0 = fake.now_s

@@ -106,7 +106,9 @@ def test_auto_starts_with_one_in_flight_then_ramps() -> None:
 
 
 def test_concurrency_follows_littles_law() -> None:
-    policy = RatePolicy(PolicyConfig(rpm=600, headroom=1.3, latency_quantile=0.9))
+    policy = RatePolicy(
+        PolicyConfig(rpm=600, headroom=1.3, latency_quantile=0.9, target_share=1.0)
+    )
     for latency_s in [1.0] * 90 + [4.0] * 10:
         policy.on_success(latency_s)
     # 10 requests/s * p90 latency 4 s * 1.3 headroom

@@ -1,0 +1,41 @@
+"""A batch's cost and savings from its grouped job rows (bulkgen.accounting). Pure."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from bulkgen.accounting import UsageLine, summarize
+from bulkgen.pricing import ModelPrice, PriceTable
+
+PRICES = PriceTable({"gpt-4o": ModelPrice(Decimal("2.50"), Decimal("10.00"))})
+
+
+def test_paid_cached_and_failed_lines_add_up() -> None:
+    usage = summarize(
+        [
+            UsageLine("done", False, "gpt-4o-2024-08-06", 3, 300_000, 600_000),
+            UsageLine("done", True, "gpt-4o", 2, 200_000, 400_000),
+            UsageLine("failed", False, "gpt-4o", 1, 100_000, 100_000),
+        ],
+        PRICES,
+    )
+    assert usage.paid_jobs == 4
+    assert (usage.prompt_tokens, usage.completion_tokens) == (400_000, 700_000)
+    # 0.3 * 2.5 + 0.6 * 10 = 6.75 done; 0.1 * 2.5 + 0.1 * 10 = 1.25 failed.
+    assert usage.cost_usd == Decimal("8.00")
+    assert usage.failed_cost_usd == Decimal("1.25")
+    assert usage.cache_hits == 2
+    assert usage.saved_usd == Decimal("4.50")  # 0.2 * 2.5 + 0.4 * 10
+    assert usage.unpriced_models == ()
+
+
+def test_unknown_models_cost_nothing_and_are_named() -> None:
+    usage = summarize([UsageLine("done", False, "mystery-1", 1, 10, 10)], PRICES)
+    assert usage.cost_usd == 0
+    assert usage.unpriced_models == ("mystery-1",)
+    assert usage.as_dict()["cost_usd"] == "0"
+
+
+def test_empty_batch() -> None:
+    usage = summarize([], PRICES)
+    assert (usage.paid_jobs, usage.cache_hits, usage.cost_usd, usage.saved_usd) == (0, 0, 0, 0)

@@ -1,0 +1,29 @@
+"""The exported names are a promise: changing them is a deliberate act."""
+
+import bulkgen
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(bulkgen.__all__) == [
+        "BulkgenError",
+        "ChatRequest",
+        "Completion",
+        "ConfigError",
+        "InputError",
+        "JobStatus",
+        "ProviderError",
+        "Settings",
+        "StorageError",
+        "Usage",
+    ]
+    for name in bulkgen.__all__:
+        assert getattr(bulkgen, name) is not None
+
+
+def test_settings_defaults_match_the_documented_ones() -> None:
+    settings = bulkgen.Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.db_pool_max == 20
+    assert settings.max_attempts == 5
+    assert settings.model == "gpt-4o"
+    assert settings.cache_ttl_s == 3600
+    assert settings.concurrency is None  # auto: follows the limiter

@@ -26,9 +26,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from bulkgen.db.store import ClaimedJob, FailedRow, Store
-from bulkgen.db.writer import StatusWriter
-from bulkgen.errors import StorageError
+from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
+from bulkgen.db.writer import Outcome, StatusWriter
+from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.intake import validate_options
 from bulkgen.metrics import Metrics
 from bulkgen.pipeline import BatchPlan, Pipeline
@@ -62,7 +62,7 @@ class Worker:
         self.metrics = metrics
         self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
-        self._plans: dict[uuid.UUID, BatchPlan] = {}
+        self._plans: dict[uuid.UUID, asyncio.Future[BatchPlan]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -153,33 +153,44 @@ class Worker:
             fut.cancel()
 
     async def _start(self, job: ClaimedJob) -> None:
-        try:
-            plan = await self._plan(job.batch_id)
-        except StorageError:
-            await self.store.jobs_release(self.id, [job.id])
-            raise
-        task = asyncio.create_task(self._run_job(job, plan), name=f"bulkgen-job-{job.id}")
+        task = asyncio.create_task(self._run_job(job), name=f"bulkgen-job-{job.id}")
         self._inflight[task] = job
         task.add_done_callback(self._inflight.pop)
 
     async def _plan(self, batch_id: uuid.UUID) -> BatchPlan:
-        plan = self._plans.get(batch_id)
-        if plan is None:
-            batch = await self.store.batch_get(batch_id)
-            if batch is None:
-                raise StorageError(f"batch {batch_id} vanished")
-            plan = BatchPlan(
-                account_id=batch.account_id,
-                options=validate_options(batch.options),
-                template=PromptTemplate.from_text(batch.template),
-                cache_scope_mode=self.config.cache_scope,
-            )
-            self._plans[batch_id] = plan
-        return plan
-
-    async def _run_job(self, job: ClaimedJob, plan: BatchPlan) -> None:
+        """The batch's shared options and template, loaded once per worker (one in-flight
+        load per batch, however many of its jobs start at once)."""
+        loading = self._plans.get(batch_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_plan(batch_id))
+            self._plans[batch_id] = loading
         try:
+            return await asyncio.shield(loading)
+        except BaseException:
+            if loading.done() and self._plans.get(batch_id) is loading:
+                del self._plans[batch_id]  # a failed load is retried by the next job
+            raise
+
+    async def _load_plan(self, batch_id: uuid.UUID) -> BatchPlan:
+        batch = await self.store.batch_get(batch_id)
+        if batch is None:
+            raise ConfigError(f"batch {batch_id} does not exist")
+        return BatchPlan(
+            account_id=batch.account_id,
+            options=validate_options(batch.options),
+            template=PromptTemplate.from_text(batch.template),
+            cache_scope_mode=self.config.cache_scope,
+        )
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        outcome: Outcome
+        try:
+            plan = await self._plan(job.batch_id)
             outcome = await self.pipeline.run(job, plan)
+        except StorageError as exc:  # the batch could not be read: try again soon, no attempt
+            outcome = RetryRow(job.id, 1.0, 0, 0, False, "storage", str(exc))
+        except BulkgenError as exc:  # the stored batch itself is unusable
+            outcome = FailedRow(job.id, "failed", 0, "invalid_batch", str(exc))
         except Exception as exc:  # a bug must fail the job loudly, not strand it
             logger.exception("job.crashed", extra={"job_id": job.id})
             outcome = FailedRow(job.id, "failed", 1, "internal", f"{type(exc).__name__}: {exc}")

@@ -195,7 +195,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     counts = await svc.store.batch_counts(batch_id)
     summary = BatchCounts.of(record.total, counts)
     errors = await svc.store.batch_errors(batch_id)
-    data = {
+    usage = await svc.store.batch_usage(batch_id, svc.prices)
+    data: dict[str, Any] = {
         "batch_id": str(batch_id),
         "account": record.account,
         "total": record.total,
@@ -203,6 +204,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
         "prompt_tokens": sum(c.prompt_tokens for c in counts),
         "completion_tokens": sum(c.completion_tokens for c in counts),
         "cached": sum(c.cached for c in counts),
+        **usage.as_dict(),
+        "budget_usd": None if record.budget_usd is None else str(record.budget_usd),
         "errors": {kind: jobs for kind, jobs, _ in errors},
     }
     if as_json:
@@ -211,10 +214,21 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     table = Table(title=f"batch {batch_id} ({record.account})", show_header=False)
     for key, value in data.items():
         if key not in ("batch_id", "account", "errors"):
-            table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else "")
+            table.add_row(key.replace("_", " "), _status_cell(key, value))
     for kind, jobs, example in errors:
         table.add_row(f"error: {kind}", f"{jobs:,}  e.g. {example[:80]}")
     console.print(table)
+
+
+def _status_cell(key: str, value: object) -> str:
+    """Counts with separators, money as USD, lists joined; nothing shown for "none"."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if key.endswith("_usd") and isinstance(value, str):
+        return f"${Decimal(value):,.6f}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return ""
 
 
 @app.command()

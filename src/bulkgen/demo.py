@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from importlib import resources
 
 import httpx
@@ -54,6 +55,9 @@ class DemoReport:
     completion_tokens: int
     peak_db_connections: int
     db_pool_max: int
+    cost_usd: str = "0"  # money as exact decimal strings
+    cache_hits: int = 0
+    saved_usd: str = "0"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -115,6 +119,7 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
                 " AND (r.content IS NULL OR btrim(r.content) = '')",
                 batch_id,
             )
+            usage = await svc.store.batch_usage(batch_id, svc.prices)
         await provider.aclose()
         stats = await _simulator_stats(sim.base_url)
 
@@ -137,6 +142,9 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
         completion_tokens=sum(c.completion_tokens for c in counts.values()),
         peak_db_connections=peak[0],
         db_pool_max=settings.db_pool_max,
+        cost_usd=str(usage.cost_usd),
+        cache_hits=usage.cache_hits,
+        saved_usd=str(usage.saved_usd),
     )
 
 
@@ -154,6 +162,8 @@ def summary_table(report: DemoReport) -> Table:
         ("provider 429s", report.provider_429s),
         ("retries and rate-limit waits", report.retries),
         ("tokens in / out", f"{report.prompt_tokens:,} / {report.completion_tokens:,}"),
+        ("cost (list prices)", f"${Decimal(report.cost_usd):,.4f}"),
+        ("cache hits / saved", f"{report.cache_hits:,} / ${Decimal(report.saved_usd):,.4f}"),
         ("peak DB connections", f"{report.peak_db_connections} (pool max {report.db_pool_max})"),
     ]
     for what, value in rows:

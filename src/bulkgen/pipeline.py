@@ -8,19 +8,22 @@ of the retry policy, so nothing can fall through to an empty ``done`` (the seed'
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from bulkgen.budget import BudgetLedger
 from bulkgen.cache import CachedResult, SingleFlight, cache_key, cache_scope
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow
-from bulkgen.errors import BulkgenError, InputError
+from bulkgen.errors import BudgetExceeded, BulkgenError, InputError
 from bulkgen.formatting import format_article, validate_completion
 from bulkgen.intake import BatchOptions, JobInput
 from bulkgen.limits import LimitKey, RateGovernor
 from bulkgen.metrics import Metrics
-from bulkgen.models import ChatRequest
+from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import Provider
 from bulkgen.retry import RetryPolicy
@@ -50,6 +53,18 @@ class PipelineConfig:
     max_tokens_growth: float = 2.0
 
 
+@dataclass
+class Receipt:
+    """What one provider call of a job was billed, once it answered (None: no answer)."""
+
+    model: str = ""
+    usage: Usage | None = None
+
+    def answered(self, completion: Completion, model: str) -> None:
+        self.model = completion.model or model
+        self.usage = completion.usage
+
+
 class Pipeline:
     def __init__(
         self,
@@ -60,7 +75,9 @@ class Pipeline:
         retry: RetryPolicy,
         config: PipelineConfig,
         metrics: Metrics,
+        budget: BudgetLedger | None = None,
     ) -> None:
+        self.budget = budget
         self.provider = provider
         self.governor = governor
         self.singleflight = singleflight
@@ -107,6 +124,7 @@ class Pipeline:
 
     async def run(self, job: ClaimedJob, plan: BatchPlan) -> Outcome:
         started = time.monotonic()
+        receipt = Receipt()
         try:
             request = self.build_request(job, plan)
             key = cache_key(
@@ -115,12 +133,19 @@ class Pipeline:
                 request=request,
                 template_version=plan.template.version,
             )
-            result, source = await self.singleflight.run(key, lambda: self._generate(request))
+            result, source = await self.singleflight.run(
+                key, lambda: self._paid(job.batch_id, request, receipt)
+            )
+            if source != "provider" and not self._still_valid(result):
+                self.metrics.inc("cache.rejected")
+                result, source = await self._paid(job.batch_id, request, receipt), "provider"
             article = format_article(result.content, fallback_title=job.input["keyword"])
         except InputError as exc:
             return FailedRow(job.id, "failed", 1, "invalid_input", str(exc))
+        except BudgetExceeded as exc:
+            return self._over_budget(job, exc)
         except BulkgenError as exc:
-            return self._on_error(job, exc)
+            return _billed(self._on_error(job, exc), receipt)
         cached = source != "provider"
         self.metrics.inc("jobs.done", cached=cached)
         self.metrics.observe("job.seconds", time.monotonic() - started)
@@ -138,7 +163,38 @@ class Pipeline:
             cache_key=key,
         )
 
-    async def _generate(self, request: ChatRequest) -> CachedResult:
+    async def _paid(
+        self, batch_id: uuid.UUID, request: ChatRequest, receipt: Receipt
+    ) -> CachedResult:
+        """A provider call inside the batch's budget: the worst case is held before sending
+        and replaced by the billed cost after, whatever happened (see bulkgen.budget)."""
+        if self.budget is None:
+            return await self._generate(request, receipt)
+        prompt_tokens = request.prompt_chars() // CHARS_PER_TOKEN
+        held = await self.budget.reserve(batch_id, request.model, prompt_tokens, request.max_tokens)
+        try:
+            return await self._generate(request, receipt)
+        finally:
+            await self.budget.settle(held, receipt.model or request.model, receipt.usage)
+
+    def _still_valid(self, result: CachedResult) -> bool:
+        """A cached or shared answer passes the same validation as a fresh one: an entry
+        written under other rules (a lower ``min_words``, an older version) is regenerated
+        for this job rather than becoming ``done``, and never loops through retries."""
+        completion = Completion(result.content, result.usage, result.finish_reason, result.model)
+        try:
+            validate_completion(completion, min_words=self.config.min_words)
+        except BulkgenError:
+            return False
+        return True
+
+    def _over_budget(self, job: ClaimedJob, exc: BudgetExceeded) -> Outcome:
+        """Not sent, so no attempt is burnt; ``cancelled`` says the job itself was fine."""
+        self.metrics.inc("jobs.cancelled", error_kind="budget_exceeded")
+        logger.warning("job.budget_exceeded", extra={"job_id": job.id, "error": str(exc)})
+        return FailedRow(job.id, "cancelled", 0, "budget_exceeded", f"BudgetExceeded: {exc}")
+
+    async def _generate(self, request: ChatRequest, receipt: Receipt | None = None) -> CachedResult:
         """One admitted provider call, validated before anyone (the cache included) sees it."""
         limit_key = LimitKey(self.provider.base_url, self.provider.api_key_id, request.model)
         self._limit_keys.add(limit_key)
@@ -146,6 +202,8 @@ class Pipeline:
         async with self.governor.slot(limit_key, estimated) as slot:
             completion = await self.provider.complete(request)
             await slot.record(completion)
+        if receipt is not None:
+            receipt.answered(completion, request.model)
         self.metrics.inc("provider.completions", model=request.model)
         validate_completion(completion, min_words=self.config.min_words)
         return CachedResult(
@@ -190,3 +248,15 @@ class Pipeline:
             decision.error_kind,
             message,
         )
+
+
+def _billed(outcome: Outcome, receipt: Receipt) -> Outcome:
+    """A job that fails after a billed answer (empty, truncated) keeps that answer's tokens,
+    so its cost shows in the batch's accounting; retried attempts are not kept per job."""
+    if isinstance(outcome, FailedRow) and receipt.usage is not None:
+        return dataclasses.replace(
+            outcome,
+            prompt_tokens=receipt.usage.prompt_tokens,
+            completion_tokens=receipt.usage.completion_tokens,
+        )
+    return outcome

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bulkgen.budget import BudgetLedger, LedgerBackend, MemoryLedger, RedisLedger
 from bulkgen.cache import SingleFlight, build_cache
 from bulkgen.db.embedded import start_embedded
 from bulkgen.db.migrate import migrate
@@ -27,6 +28,7 @@ from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.pipeline import Pipeline, PipelineConfig
+from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import OpenAICompatProvider, Provider
 from bulkgen.retry import RetryPolicy
@@ -52,6 +54,8 @@ class Services:
     redis: aioredis.Redis | None = None
     database_url: str = ""
     _closers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    budget: BudgetLedger | None = None  # one per process: every pipeline shares its ledger
+    prices: PriceTable = field(default_factory=default_price_table)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(
@@ -61,6 +65,7 @@ class Services:
             retry=RetryPolicy.from_settings(self.settings),
             config=PipelineConfig(min_words=self.settings.min_words),
             metrics=self.metrics,
+            budget=self.budget,
         )
 
     def worker(self, *, concurrency: int | None = None, burst: bool = False) -> Worker:
@@ -139,6 +144,7 @@ async def open_services(
 ) -> Services:
     """Build everything; the caller must ``await services.aclose()`` (or use ``services()``)."""
     stack = contextlib.AsyncExitStack()
+    prices = load_price_table(settings.prices_json)  # a bad price table fails before any work
     try:
         database_url = settings.database_url or await start_embedded(settings.data_dir)
         pool = await create_pool(
@@ -164,9 +170,10 @@ async def open_services(
     except BaseException:
         await stack.aclose()
         raise
+    store = Store(pool)
     return Services(
         settings=settings,
-        store=Store(pool),
+        store=store,
         provider=provider,
         governor=governor,
         singleflight=singleflight,
@@ -174,6 +181,32 @@ async def open_services(
         redis=redis,
         database_url=database_url,
         _closers=stack,
+        budget=_budget_ledger(settings, store, prices, redis, metrics),
+        prices=prices,
+    )
+
+
+def _budget_ledger(
+    settings: Settings,
+    store: Store,
+    prices: PriceTable,
+    redis: aioredis.Redis | None,
+    metrics: Metrics,
+) -> BudgetLedger:
+    """Fleet-wide in Redis when there is one, per process otherwise; seeded from the store.
+
+    A call waiting for others to settle gives up after ``provider_timeout_s``: a reservation
+    still blocking it by then was most likely left by a worker that died mid-call.
+    """
+    backend: LedgerBackend = (
+        MemoryLedger() if redis is None else RedisLedger(redis, metrics=metrics)
+    )
+    return BudgetLedger(
+        backend,
+        lambda batch_id: store.batch_budget_seed(batch_id, prices),
+        prices=prices,
+        wait_s=settings.provider_timeout_s,
+        metrics=metrics,
     )
 
 

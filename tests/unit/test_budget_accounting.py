@@ -38,4 +38,5 @@ def test_unknown_models_cost_nothing_and_are_named() -> None:
 
 def test_empty_batch() -> None:
     usage = summarize([], PRICES)
-    assert (usage.paid_jobs, usage.cache_hits, usage.cost_usd, usage.saved_usd) == (0, 0, 0, 0)
+    assert (usage.paid_jobs, usage.cache_hits) == (0, 0)
+    assert usage.cost_usd == usage.saved_usd == Decimal(0)

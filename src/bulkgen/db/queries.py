@@ -215,3 +215,22 @@ CONNECTIONS_OF_APP = """
 SELECT count(*) FROM pg_stat_activity
 WHERE application_name = $1 AND datname = current_database()
 """
+
+# Cost accounting: the jobs that carry tokens (done, or failed after a billed answer),
+# grouped by what prices them. A job without a result is priced at the model it asked for.
+BATCH_USAGE = """
+SELECT j.status, j.cached,
+       coalesce(r.model, j.input->'overrides'->>'model', b.options->>'model', '') AS model,
+       count(*) AS jobs,
+       coalesce(sum(j.prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(j.completion_tokens), 0)::bigint AS completion_tokens
+FROM jobs j
+JOIN batches b ON b.id = j.batch_id
+LEFT JOIN results r ON r.job_id = j.id
+WHERE j.batch_id = $1
+  AND (j.status = 'done' OR (j.status = 'failed' AND j.prompt_tokens IS NOT NULL))
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+
+BATCH_BUDGET_GET = "SELECT budget_usd FROM batches WHERE id = $1"

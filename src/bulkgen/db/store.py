@@ -15,8 +15,10 @@ from typing import Any
 
 import asyncpg
 
+from bulkgen.accounting import BatchUsage, BudgetSeed, UsageLine, summarize
 from bulkgen.db import queries as q
 from bulkgen.db.pool import translate_errors
+from bulkgen.pricing import PriceTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,29 @@ class Store:
         async with translate_errors("counting connections"):
             count: int = await self.pool.fetchval(q.CONNECTIONS_OF_APP, application_name)
         return count
+
+    async def batch_usage(
+        self, batch_id: uuid.UUID, prices: PriceTable | None = None
+    ) -> BatchUsage:
+        """Tokens, cost, cache hits and savings of a batch, from its jobs' own rows."""
+        async with translate_errors("reading batch usage"):
+            rows = await self.pool.fetch(q.BATCH_USAGE, batch_id)
+        return summarize((UsageLine(**dict(r)) for r in rows), prices)
+
+    async def batch_budget_seed(
+        self, batch_id: uuid.UUID, prices: PriceTable | None = None
+    ) -> BudgetSeed:
+        """A batch's cap and its cost so far: what a worker's budget ledger starts from.
+
+        Called once per batch per worker (and again only if the fleet's ledger lapsed),
+        never per job. A vanished batch has no cap.
+        """
+        async with translate_errors("reading the batch budget"):
+            cap: Decimal | None = await self.pool.fetchval(q.BATCH_BUDGET_GET, batch_id)
+        if cap is None:
+            return BudgetSeed(None, Decimal(0))
+        usage = await self.batch_usage(batch_id, prices)
+        return BudgetSeed(cap, usage.cost_usd)
 
 
 def _done_tuple(r: DoneRow) -> tuple[object, ...]:

@@ -136,6 +136,20 @@ async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Pro
     return provider
 
 
+def _redis_client(settings: Settings) -> aioredis.Redis:
+    """One bounded connection pool per process, like the database's: past
+    ``redis_pool_max`` callers wait for a free connection (bounded by the callers' own
+    timeouts) instead of failing, as redis-py's default pool does."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url or "",
+        max_connections=settings.redis_pool_max,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+    )
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+
+
 async def open_services(
     settings: Settings,
     *,
@@ -157,9 +171,7 @@ async def open_services(
         await migrate(pool)
         redis = None
         if settings.redis_url:
-            redis = aioredis.Redis.from_url(
-                settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-            )
+            redis = _redis_client(settings)
             stack.push_async_callback(redis.aclose)
         metrics = metrics or default_metrics
         if provider is None:

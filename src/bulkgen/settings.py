@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0)
     db_command_timeout_s: float = Field(default=30.0, gt=0)
 
+    redis_pool_max: int = Field(default=64, ge=2, le=10_000)
+
     # Worker.
     # Jobs in flight per worker process. None = auto: follows the admitted rate and the
     # observed latency (Little's law, see limits/). A number is a hard cap that wins.

@@ -206,3 +206,25 @@ async def test_build_cache_without_redis_is_in_memory() -> None:
     producer.release.set()
     await sf.run("k", producer)
     assert await sf.run("k", producer) == (RESULT, "cache")
+
+
+async def test_forced_calls_pass_a_back_off_but_plain_ones_do_not() -> None:
+    """Storing a paid result and releasing its lock are tried even while backed off."""
+    from bulkgen.cache import BypassPolicy, RedisGuard
+
+    now = [100.0]
+    guard = RedisGuard(
+        timeout_ms=50, metrics=Metrics(), policy=BypassPolicy(backoff_s=10), clock=lambda: now[0]
+    )
+
+    async def broken() -> int:
+        raise OSError("connection refused")
+
+    async def fine() -> int:
+        return 7
+
+    assert await guard.call("get", broken) is BYPASSED  # starts a 10 s back-off
+    assert await guard.call("get", fine) is BYPASSED
+    assert await guard.call("unlock", fine, force=True) == 7
+    now[0] += 11
+    assert await guard.call("get", fine) == 7

@@ -84,9 +84,16 @@ class RedisGuard:
         self._metrics = metrics
         self._clock = clock
 
-    async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T | Literal[Bypass.BYPASSED]:
-        """``fn()``'s result, or :data:`BYPASSED` if Redis is failing, slow or backed off."""
-        if not self.policy.allows(self._clock()):
+    async def call(
+        self, op: str, fn: Callable[[], Awaitable[T]], *, force: bool = False
+    ) -> T | Literal[Bypass.BYPASSED]:
+        """``fn()``'s result, or :data:`BYPASSED` if Redis is failing, slow or backed off.
+
+        ``force`` skips the back-off (still under the timeout): for the calls that follow a
+        paid provider answer (store it, release the lock), where skipping costs far more
+        than one bounded try - a skipped unlock makes every identical request wait.
+        """
+        if not force and not self.policy.allows(self._clock()):
             self._metrics.inc("cache.bypassed", op=op, reason="backoff")
             return BYPASSED
         try:

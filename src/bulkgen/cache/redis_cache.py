@@ -52,4 +52,7 @@ class RedisCache:
         if refuse_empty(value, self._metrics, "redis") or self._ttl_ms <= 0:
             return
         payload = encode(value)
-        await self.guard.call("put", lambda: self.redis.set(key, payload, px=self._ttl_ms))
+        # Forced past a back-off: this result was paid for; one bounded try is cheap.
+        await self.guard.call(
+            "put", lambda: self.redis.set(key, payload, px=self._ttl_ms), force=True
+        )

@@ -166,7 +166,9 @@ class SingleFlight:
         """Best effort: if Redis is down the lock simply expires after ``lock_ttl_s``."""
         redis = self._redis
         assert redis is not None
-        await self._guard.call("unlock", lambda: redis.eval(_RELEASE_LUA, 1, name, token))
+        await self._guard.call(
+            "unlock", lambda: redis.eval(_RELEASE_LUA, 1, name, token), force=True
+        )
 
     async def _produce(self, key: str, produce: Produce, *, store: bool = True) -> CachedResult:
         self._metrics.inc("cache.miss")

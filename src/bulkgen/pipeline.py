@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 from bulkgen.budget import BudgetLedger
 from bulkgen.cache import CachedResult, SingleFlight, cache_key, cache_scope
@@ -44,7 +44,7 @@ class BatchPlan:
     account_id: int
     options: BatchOptions
     template: PromptTemplate
-    cache_scope_mode: str = "account"
+    cache_scope_mode: Literal["account", "global"] = "account"
 
 
 @dataclass(frozen=True)
@@ -105,19 +105,12 @@ class Pipeline:
             overrides=job.input.get("overrides", {}),
         )
         options = job_input.options(plan.options)
-        variables: dict[str, Any] = {
-            **job_input.variables,
-            "keyword": job_input.keyword,
-            "tone": options.tone,
-            "language": options.language,
-            "target_words": options.target_words,
-        }
         max_tokens = options.max_tokens
         if job.max_tokens_grown:
             max_tokens = int(max_tokens * self.config.max_tokens_growth)
         return ChatRequest(
             model=options.model,
-            messages=plan.template.render(variables),
+            messages=plan.template.render(job_input.template_variables(options)),
             max_tokens=max_tokens,
             temperature=options.temperature,
         )
@@ -128,7 +121,7 @@ class Pipeline:
         try:
             request = self.build_request(job, plan)
             key = cache_key(
-                scope=cache_scope(plan.cache_scope_mode, str(plan.account_id)),  # type: ignore[arg-type]
+                scope=cache_scope(plan.cache_scope_mode, str(plan.account_id)),
                 base_url=self.provider.base_url,
                 request=request,
                 template_version=plan.template.version,

@@ -24,7 +24,7 @@ import signal
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
@@ -48,7 +48,7 @@ class WorkerConfig:
     status_flush_ms: int = 100
     max_attempts: int = 5
     burst: bool = False
-    cache_scope: str = "account"
+    cache_scope: Literal["account", "global"] = "account"
 
 
 class Worker:

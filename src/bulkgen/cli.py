@@ -19,6 +19,7 @@ from rich.table import Table
 
 from bulkgen import logs
 from bulkgen.db.migrate import migrate
+from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError
 from bulkgen.intake import load_file, validate_options
@@ -95,11 +96,26 @@ def db_migrate(data_dir: DataDir = None) -> None:
     """Apply pending schema migrations."""
 
     async def body() -> list[str]:
-        async with services(_settings(data_dir)) as svc:
+        async with services(_settings(data_dir), need_provider=False) as svc:
             return await migrate(svc.store.pool)
 
     applied = _run(body())
     console.print("schema up to date" if not applied else f"applied: {', '.join(applied)}")
+
+
+@db_app.command("prune")
+def db_prune(
+    older_than_days: Annotated[int, typer.Option(min=0, help="Age of batches to delete.")] = 30,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete finished batches (jobs and results too) older than the cutoff."""
+
+    async def body() -> tuple[int, int]:
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            return await prune_batches(svc.store, older_than_days=older_than_days)
+
+    batches, jobs = _run(body())
+    console.print(f"deleted {batches} batches ({jobs} jobs)")
 
 
 @app.command()
@@ -136,7 +152,7 @@ def submit(
     async def body() -> None:
         options = validate_options({k: v for k, v in raw.items() if v is not None})
         rows = load_file(file)
-        async with services(_settings(data_dir)) as svc:
+        async with services(_settings(data_dir), need_provider=False) as svc:
             batch_id = await svc.submit(rows, options, account=account, budget_usd=budget)
             print(batch_id, flush=True)
             if wait:
@@ -182,7 +198,7 @@ def status(batch: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> N
     batch_id = _batch_id(batch)
 
     async def body() -> None:
-        async with services(_settings(data_dir)) as svc:
+        async with services(_settings(data_dir), need_provider=False) as svc:
             await _print_status(svc, batch_id, as_json=as_json)
 
     _run(body())
@@ -241,7 +257,7 @@ def results(
     batch_id = _batch_id(batch)
 
     async def body() -> int:
-        async with services(_settings(data_dir)) as svc:
+        async with services(_settings(data_dir), need_provider=False) as svc:
             if await svc.store.batch_get(batch_id) is None:
                 raise ConfigError(f"no batch {batch_id}")
             rows = [row async for row in svc.store.results_iter(batch_id)]

@@ -23,10 +23,12 @@ from bulkgen.db.embedded import start_embedded
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
+from bulkgen.errors import ConfigError
 from bulkgen.intake import BatchOptions, JobInput
 from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.models import ChatRequest, Completion
 from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
@@ -118,6 +120,20 @@ class Services:
         await self._closers.aclose()
 
 
+class NoProvider:
+    """Stands in for commands that generate nothing (status, results, migrations), so they
+    neither start the simulator nor need an API key."""
+
+    base_url = ""
+    api_key_id = ""
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        raise ConfigError("this command does not call a provider")
+
+    async def aclose(self) -> None:
+        return None
+
+
 async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Provider:
     if settings.uses_simulator:
         sim = await stack.enter_async_context(SimulatorProcess(SimConfig()))
@@ -154,6 +170,7 @@ async def open_services(
     settings: Settings,
     *,
     provider: Provider | None = None,
+    need_provider: bool = True,
     metrics: Metrics | None = None,
 ) -> Services:
     """Build everything; the caller must ``await services.aclose()`` (or use ``services()``)."""
@@ -175,7 +192,7 @@ async def open_services(
             stack.push_async_callback(redis.aclose)
         metrics = metrics or default_metrics
         if provider is None:
-            provider = await _provider(settings, stack)
+            provider = await _provider(settings, stack) if need_provider else NoProvider()
         governor = await build_governor(settings, redis)
         stack.push_async_callback(governor.aclose)
         _, singleflight = build_cache(settings, redis, metrics=metrics)

@@ -154,3 +154,23 @@ async def test_cancel_stops_queued_jobs_at_once(store: Store) -> None:
 async def test_unreachable_database_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="cannot connect"):
         await create_pool("postgresql://postgres@127.0.0.1:1/none", max_size=2)
+
+
+async def test_prune_removes_only_old_finished_batches(store: Store) -> None:
+    from bulkgen.db.store import prune_batches
+
+    old_done = await _batch(store, "acme", 3)
+    old_busy = await _batch(store, "acme", 2)
+    recent = await _batch(store, "acme", 2)
+    owner = uuid.uuid4()
+    jobs = await store.jobs_claim(owner, 10, 60)
+    mine = [j for j in jobs if j.batch_id == old_done]
+    assert await store.jobs_finish_done(owner, [_done(j.id) for j in mine])
+    await store.pool.execute(
+        "UPDATE batches SET created_at = now() - interval '40 days' WHERE id = ANY($1::uuid[])",
+        [old_done, old_busy],
+    )
+    assert await prune_batches(store, older_than_days=30) == (1, 3)
+    left = {r["id"] for r in await store.pool.fetch("SELECT id FROM batches")}
+    assert left == {old_busy, recent}
+    assert await store.pool.fetchval("SELECT count(*) FROM results") == 0

@@ -234,3 +234,24 @@ ORDER BY 1, 2, 3
 """
 
 BATCH_BUDGET_GET = "SELECT budget_usd FROM batches WHERE id = $1"
+
+# Retention: finished batches older than the cutoff go, with their jobs and results (the
+# results cascade from jobs), a bounded number per statement so pruning never holds long
+# locks. The foreign keys are checked at the end of the statement, after both deletes.
+BATCHES_PRUNE = """
+WITH old AS (
+    SELECT b.id FROM batches b
+    WHERE b.created_at < now() - make_interval(days => $1)
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.batch_id = b.id AND j.status IN ('queued', 'generating', 'formatting'))
+    ORDER BY b.created_at
+    LIMIT $2
+),
+gone AS (
+    DELETE FROM jobs j USING old WHERE j.batch_id = old.id RETURNING j.id
+)
+DELETE FROM batches b USING old
+WHERE b.id = old.id
+RETURNING b.id, (SELECT count(*) FROM gone) AS jobs
+"""

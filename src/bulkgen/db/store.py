@@ -313,3 +313,15 @@ def _done_tuple(r: DoneRow) -> tuple[object, ...]:
         r.completion_tokens,
         r.cache_key,
     )
+
+
+async def prune_batches(store: Store, *, older_than_days: int, chunk: int = 100) -> tuple[int, int]:
+    """Delete finished batches older than the cutoff, chunk by chunk; (batches, jobs)."""
+    batches = jobs = 0
+    while True:
+        async with translate_errors("pruning old batches"):
+            rows = await store.pool.fetch(q.BATCHES_PRUNE, older_than_days, chunk)
+        if not rows:
+            return batches, jobs
+        batches += len(rows)
+        jobs += rows[0]["jobs"]

@@ -189,7 +189,9 @@ async def test_reconcile_charges_usage_above_the_reservation(
     mode: ReconcileMode, expected_wait_s: float
 ) -> None:
     fake, metrics = FakeTime(), Metrics()
-    config = GovernorConfig(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode)  # 100 tokens/s
+    config = GovernorConfig(
+        policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode
+    )  # 100 tokens/s
     gov = await make(fake, metrics, config)
     async with gov.slot(KEY, 100) as slot:
         await slot.record(completion(700))  # used 600 more than reserved
@@ -203,7 +205,11 @@ async def test_reconcile_charges_usage_above_the_reservation(
 )
 async def test_refund_only_in_full_mode(mode: ReconcileMode, expected_wait_s: float) -> None:
     fake, metrics = FakeTime(), Metrics()
-    gov = await make(fake, metrics, GovernorConfig(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode))
+    gov = await make(
+        fake,
+        metrics,
+        GovernorConfig(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode),
+    )
     async with gov.slot(KEY, 600) as slot:  # TAT 6 s ahead
         await slot.record(completion(100))
     t0 = fake.now_s
@@ -255,3 +261,23 @@ async def test_lease_is_released_on_every_exit() -> None:
     t0 = fake.now_s
     async with gov_cap.slot(KEY, 10):  # a leaked lease would make this wait for its TTL
         assert fake.now_s - t0 < 1.0
+
+
+async def test_a_shallow_provider_bucket_shrinks_the_burst() -> None:
+    fake, metrics = FakeTime(), Metrics()
+    config = GovernorConfig(policy=PolicyConfig(target_share=1.0))  # auto: nothing configured
+    gov = await make(fake, metrics, config)
+    headers = {  # 600 RPM in a 0.2 s bucket: 1 left, full again in 0.1 s
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "1",
+        "x-ratelimit-reset-requests": "100ms",
+    }
+    async with gov.slot(KEY, 10) as slot:
+        await slot.record(completion(10, headers))
+    assert gov.policy(KEY).learned_depth_s == pytest.approx(0.2)
+    t0 = fake.now_s
+    for _ in range(10):
+        async with gov.slot(KEY, 10) as slot:
+            await slot.record(completion(10))
+    # A 1 s burst would let ~10 through at once; half the 0.2 s bucket lets one.
+    assert fake.now_s - t0 >= 0.8

@@ -164,3 +164,40 @@ def test_malformed_retry_after_ms_falls_back_to_retry_after(
     with caplog.at_level(logging.WARNING):
         assert parse_rate_limit_headers(headers, now_epoch_s=NOW).retry_after_s == 3.0
     assert any(r.getMessage() == "limiter.header_malformed" for r in caplog.records)
+
+
+def test_bucket_depth_of_a_minute_deep_openai_bucket() -> None:
+    # 5,000 RPM: 4,999 left, one request back in 12 ms -> the bucket holds a minute.
+    snapshot = RateLimitSnapshot(limit_rpm=5_000, remaining_requests=4_999, reset_requests_s=0.012)
+    assert snapshot.bucket_depth_s() == pytest.approx(60.0, abs=0.01)
+
+
+def test_bucket_depth_of_a_shallow_bucket_takes_the_shallower_dimension() -> None:
+    # A 0.1 s bucket (the simulator at time_scale 10): 5 of ~8.3 requests left, 40 ms to full.
+    snapshot = RateLimitSnapshot(
+        limit_rpm=5_000,
+        remaining_requests=5,
+        reset_requests_s=0.04,
+        limit_tpm=6_000_000,
+        remaining_tokens=4_000,
+        reset_tokens_s=0.05,
+    )
+    assert snapshot.bucket_depth_s() == pytest.approx(min(0.04 + 0.06, 0.05 + 0.04))
+
+
+def test_bucket_depth_ignores_empty_buckets_and_missing_parts() -> None:
+    # An empty bucket may be overdrawn: its reset overstates the depth.
+    empty = RateLimitSnapshot(limit_rpm=600, remaining_requests=0, reset_requests_s=3.0)
+    assert empty.bucket_depth_s() is None
+    assert RateLimitSnapshot(limit_rpm=600, remaining_requests=5).bucket_depth_s() is None
+    assert RateLimitSnapshot().bucket_depth_s() is None
+
+
+def test_bucket_depth_from_simulator_headers_under_time_scale() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "5000",
+        "x-ratelimit-remaining-requests": "7",
+        "x-ratelimit-reset-requests": "16ms",
+    }
+    snapshot = parse_rate_limit_headers(headers, now_epoch_s=0.0)
+    assert snapshot.bucket_depth_s() == pytest.approx(0.016 + 7 * 60 / 5000)

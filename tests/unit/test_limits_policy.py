@@ -106,9 +106,7 @@ def test_auto_starts_with_one_in_flight_then_ramps() -> None:
 
 
 def test_concurrency_follows_littles_law() -> None:
-    policy = RatePolicy(
-        PolicyConfig(rpm=600, headroom=1.3, latency_quantile=0.9, target_share=1.0)
-    )
+    policy = RatePolicy(PolicyConfig(rpm=600, headroom=1.3, latency_quantile=0.9, target_share=1.0))
     for latency_s in [1.0] * 90 + [4.0] * 10:
         policy.on_success(latency_s)
     # 10 requests/s * p90 latency 4 s * 1.3 headroom
@@ -197,3 +195,29 @@ def test_breaker_ignores_stale_results_while_open() -> None:
     breaker.record_failure(probe=False)
     breaker.record_success(probe=False)  # a request sent before the circuit opened
     assert breaker.state is BreakerState.OPEN
+
+
+def test_admission_aims_at_a_standing_margin_under_the_limit() -> None:
+    policy = RatePolicy(PolicyConfig(rpm=600, target_share=0.98))
+    assert policy.admission_factor() == pytest.approx(0.98)
+    policy.on_rate_limited(0.0)
+    assert policy.admission_factor() == pytest.approx(0.8 * 0.98)
+    assert policy.rate_per_s() == pytest.approx(10 * 0.8 * 0.98)
+
+
+def test_burst_is_capped_by_the_providers_bucket_once_known() -> None:
+    policy = RatePolicy(PolicyConfig(burst_share=0.5))
+    assert policy.burst_s(1.0) == 1.0  # nothing known: the configured burst
+    shallow = RateLimitSnapshot(limit_rpm=6_000, remaining_requests=5, reset_requests_s=0.05)
+    assert policy.learn(shallow)  # 0.05 + 5 * 0.01 = 0.1 s deep: worth sharing
+    assert policy.burst_s(1.0) == pytest.approx(0.05)
+    # A drained bucket reports less depth; the deepest report is kept.
+    assert not policy.learn(
+        RateLimitSnapshot(limit_rpm=6_000, remaining_requests=1, reset_requests_s=0.05)
+    )
+    assert policy.learned_depth_s == pytest.approx(0.1)
+    minute_deep = RateLimitSnapshot(
+        limit_rpm=6_000, remaining_requests=5_999, reset_requests_s=0.01
+    )
+    policy.learn(minute_deep)
+    assert policy.burst_s(1.0) == 1.0  # a deep bucket never raises the configured burst

@@ -46,6 +46,7 @@ class AdmissionResult:
     reason: str = ""  # "pause" | "lease" | "rate" while waiting
     learned_rpm: int | None = None
     learned_tpm: int | None = None
+    learned_depth_s: float | None = None
     pause_mark: float = 0.0  # identifies the fleet pause in force (its end), 0.0 if none
     limit_tpm: int | None = None
     local: bool = True  # which backend holds the lease
@@ -60,7 +61,9 @@ class LimitBackend(Protocol):
 
     async def pause(self, key: LimitKey, pause_s: float) -> float: ...
 
-    async def publish_learned(self, key: LimitKey, rpm: int | None, tpm: int | None) -> None: ...
+    async def publish_learned(
+        self, key: LimitKey, rpm: int | None, tpm: int | None, depth_s: float | None
+    ) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -78,6 +81,7 @@ class _Budget:
     leases: dict[str, float] = field(default_factory=dict)  # holder -> expiry
     learned_rpm: int | None = None
     learned_tpm: int | None = None
+    learned_depth_s: float | None = None
 
 
 class LocalBackend:
@@ -103,7 +107,11 @@ class LocalBackend:
         rpm = _min_known(request.limit_rpm, b.learned_rpm)
         tpm = _min_known(request.limit_tpm, b.learned_tpm)
         base = AdmissionResult(
-            Verdict.ADMITTED, learned_rpm=b.learned_rpm, learned_tpm=b.learned_tpm, limit_tpm=tpm
+            Verdict.ADMITTED,
+            learned_rpm=b.learned_rpm,
+            learned_tpm=b.learned_tpm,
+            learned_depth_s=b.learned_depth_s,
+            limit_tpm=tpm,
         )
         if tpm is not None and request.tokens > tpm:
             return replace(base, verdict=Verdict.TOO_LARGE)
@@ -147,10 +155,13 @@ class LocalBackend:
         b.pause_until_s = max(b.pause_until_s, self._clock() + pause_s)
         return b.pause_until_s
 
-    async def publish_learned(self, key: LimitKey, rpm: int | None, tpm: int | None) -> None:
+    async def publish_learned(
+        self, key: LimitKey, rpm: int | None, tpm: int | None, depth_s: float | None = None
+    ) -> None:
         b = self._budget(key)
         b.learned_rpm = rpm or b.learned_rpm
         b.learned_tpm = tpm or b.learned_tpm
+        b.learned_depth_s = depth_s or b.learned_depth_s
 
     async def aclose(self) -> None:
         self._budgets.clear()

@@ -71,7 +71,7 @@ class GovernorConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     breaker_failures: int = 10
     breaker_cooldown_s: float = 30.0
-    burst_s: float = 1.0  # at most this much of a minute's budget at once
+    burst_s: float = 1.0  # at most this much of a minute's budget at once (see policy.py)
     lease_ttl_s: float = 125.0  # > provider timeout: a live call never loses its lease
     default_pause_s: float = 1.0  # a 429 without any retry hint
     max_pause_s: float = 600.0
@@ -211,17 +211,18 @@ class RateGovernor:
         return AdmissionRequest(
             limit_rpm=policy.limit_rpm(),
             limit_tpm=policy.limit_tpm(),
-            factor=policy.factor,
+            factor=policy.admission_factor(),
             tokens=tokens,
             lease_limit=policy.concurrency_limit(),
             holder=holder,
             lease_ttl_s=self.config.lease_ttl_s,
-            burst_s=self.config.burst_s,
+            burst_s=policy.burst_s(self.config.burst_s),
         )
 
     def _absorb(self, key: LimitKey, state: _KeyState, result: AdmissionResult) -> None:
         """Adopt limits other processes learned, and slow down for a pause someone else hit."""
-        if state.policy.learn_limits(result.learned_rpm, result.learned_tpm):
+        learned = (result.learned_rpm, result.learned_tpm, result.learned_depth_s)
+        if state.policy.learn_limits(*learned):
             self._learned_gauges(key, state)
         if result.pause_mark and result.pause_mark != state.last_pause_mark:
             state.last_pause_mark = result.pause_mark
@@ -231,7 +232,9 @@ class RateGovernor:
         if state.policy.learn(snapshot):
             self._learned_gauges(key, state)
             policy = state.policy
-            await self._backend.publish_learned(key, policy.learned_rpm, policy.learned_tpm)
+            await self._backend.publish_learned(
+                key, policy.learned_rpm, policy.learned_tpm, policy.learned_depth_s
+            )
 
     async def _on_rate_limited(self, key: LimitKey, state: _KeyState, exc: RateLimited) -> None:
         """Pause the fleet until the provider's hint, learn what it said, decrease."""
@@ -265,7 +268,7 @@ class RateGovernor:
             return
         delta = used - reserved
         if delta > 0 or (delta < 0 and mode is ReconcileMode.FULL):
-            await self._backend.adjust_tokens(key, delta, tpm * state.policy.factor)
+            await self._backend.adjust_tokens(key, delta, tpm * state.policy.admission_factor())
 
     def _learned_gauges(self, key: LimitKey, state: _KeyState) -> None:
         if state.policy.learned_rpm is not None:

@@ -47,6 +47,26 @@ class RateLimitSnapshot:
     def is_empty(self) -> bool:
         return all(getattr(self, name) is None for name in self.__slots__)
 
+    def bucket_depth_s(self) -> float | None:
+        """How many seconds of budget the provider's bucket holds, when the headers say.
+
+        A refilling bucket is full again after ``reset``, so ``capacity = remaining +
+        reset * limit / 60``; in seconds of budget that is ``reset + remaining * 60 /
+        limit``. OpenAI reports a minute-deep bucket (``remaining`` out of the limit, a
+        reset of a few ms); a provider (or the simulator under ``time_scale``) that
+        enforces over a shorter window reports a shallower one. Only reports with
+        ``remaining > 0`` count: an empty bucket may be overdrawn, and then its reset
+        overstates the depth. The shallower of the two dimensions wins.
+        """
+        depths: list[float] = []
+        for limit, remaining, reset_s in (
+            (self.limit_rpm, self.remaining_requests, self.reset_requests_s),
+            (self.limit_tpm, self.remaining_tokens, self.reset_tokens_s),
+        ):
+            if limit and remaining and reset_s is not None:
+                depths.append(reset_s + remaining * 60.0 / limit)
+        return min(depths) if depths else None
+
 
 def parse_duration_s(text: str) -> float:
     """Seconds in a Go-style duration (``1m30.5s``) or a plain non-negative number.

@@ -3,9 +3,18 @@
 - **Limits.** The budget is ``min(configured, learned)`` per dimension: headers reporting
   less capacity than configured slow bulkgen down; ``None`` everywhere means "not known
   yet" (``auto``).
-- **Target.** ``limit * factor``. A 429 multiplies ``factor`` by ``decrease`` (floored at
-  ``min_factor``), at most once per ``decrease_holdoff_s`` so a burst of 429s from one
-  overshoot counts once; each success adds ``increase_step`` back, up to 1.0.
+- **Target.** ``limit * factor * target_share``. A 429 multiplies ``factor`` by
+  ``decrease`` (floored at ``min_factor``), at most once per ``decrease_holdoff_s`` so a
+  burst of 429s from one overshoot counts once; each success adds ``increase_step`` back,
+  up to 1.0. ``target_share`` (default 0.98) keeps a standing margin under the limit: the
+  prompt part of a reservation is an estimate (a provider also counts message framing),
+  and a budget run at exactly 100% turns every estimate error into a slow drain that ends
+  in a 429 a minute later.
+- **Burst.** How much budget may go out at once (GCRA allowance): at most the configured
+  ``burst_s``, and at most ``burst_share`` of the provider's own bucket depth once the
+  headers have shown it (``RateLimitSnapshot.bucket_depth_s``). A provider enforcing its
+  minute limit over a 0.1 s window refuses a 1 s burst almost entirely; keeping half its
+  bucket unspent also leaves room for requests that arrive bunched (network, event loop).
 - **Concurrency** follows rate (Little's law): ``ceil(rate_per_s * p90 latency * headroom)``,
   at least 1, capped by a user-set maximum. With no known rate (``auto`` before any
   header), one request runs until the first response, then the cap grows by one per
@@ -30,6 +39,8 @@ class PolicyConfig:
     min_factor: float = 0.1
     increase_step: float = 0.01
     decrease_holdoff_s: float = 1.0
+    target_share: float = 0.98
+    burst_share: float = 0.5
     headroom: float = 1.3
     latency_quantile: float = 0.9
     latency_window: int = 200
@@ -49,6 +60,7 @@ class RatePolicy:
         self.config = config
         self.learned_rpm: int | None = None
         self.learned_tpm: int | None = None
+        self.learned_depth_s: float | None = None
         self.factor = 1.0
         self.responses = 0
         self._latencies_s: deque[float] = deque(maxlen=config.latency_window)
@@ -64,16 +76,32 @@ class RatePolicy:
 
     def learn(self, snapshot: RateLimitSnapshot) -> bool:
         """Adopt the limits a response reported; True when they changed (worth sharing)."""
-        return self.learn_limits(snapshot.limit_rpm, snapshot.limit_tpm)
+        return self.learn_limits(snapshot.limit_rpm, snapshot.limit_tpm, snapshot.bucket_depth_s())
 
-    def learn_limits(self, rpm: int | None, tpm: int | None) -> bool:
-        """Latest report wins (a tier upgrade raises it); zero means "not reported"."""
+    def learn_limits(self, rpm: int | None, tpm: int | None, depth_s: float | None = None) -> bool:
+        """Latest limit report wins (a tier upgrade raises it); zero means "not reported".
+
+        The bucket depth keeps the deepest report: single reports understate it (whole
+        units remaining, a bucket drained by others), never overstate it.
+        """
         changed = False
         if rpm and rpm != self.learned_rpm:
             self.learned_rpm, changed = rpm, True
         if tpm and tpm != self.learned_tpm:
             self.learned_tpm, changed = tpm, True
+        if depth_s and depth_s > (self.learned_depth_s or 0.0) * 1.01:  # 1%: worth sharing
+            self.learned_depth_s, changed = depth_s, True
         return changed
+
+    def admission_factor(self) -> float:
+        """The share of the limit admission aims at: AIMD factor times the standing margin."""
+        return self.factor * self.config.target_share
+
+    def burst_s(self, configured_s: float) -> float:
+        """Budget seconds allowed at once: configured, capped by the provider's bucket."""
+        if self.learned_depth_s is None:
+            return configured_s
+        return min(configured_s, self.config.burst_share * self.learned_depth_s)
 
     def note_reserved(self, tokens: int) -> None:
         """Track the average reservation, to turn a token budget into a request rate."""
@@ -102,9 +130,9 @@ class RatePolicy:
         rates: list[float] = []
         rpm, tpm = self.limit_rpm(), self.limit_tpm()
         if rpm is not None:
-            rates.append(rpm * self.factor / 60.0)
+            rates.append(rpm * self.admission_factor() / 60.0)
         if tpm is not None and self._tokens_avg:
-            rates.append(tpm * self.factor / 60.0 / self._tokens_avg)
+            rates.append(tpm * self.admission_factor() / 60.0 / self._tokens_avg)
         return min(rates) if rates else None
 
     def latency_high_s(self) -> float | None:

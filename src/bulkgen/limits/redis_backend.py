@@ -44,11 +44,12 @@ LEARNED_TTL_MS = 3_600_000
 # KEYS: req_tat, tok_tat, pause_until, leases, learned
 # ARGV: limit_rpm, limit_tpm (0 = unknown), factor, tokens, lease_limit, holder,
 #       lease_ttl_ms, burst_ms, lease_poll_ms
-# -> {verdict, wait_ms, reason, learned_rpm, learned_tpm, pause_mark_ms, limit_tpm}
+# -> {verdict, wait_ms, reason, learned_rpm, learned_tpm, pause_mark_ms, limit_tpm,
+#     learned_depth_ms}
 ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local learned = redis.call('HMGET', KEYS[5], 'rpm', 'tpm')
+local learned = redis.call('HMGET', KEYS[5], 'rpm', 'tpm', 'depth_ms')
 local lrpm = tonumber(learned[1]) or 0
 local ltpm = tonumber(learned[2]) or 0
 local function minknown(a, b)
@@ -60,7 +61,7 @@ local tpm = minknown(tonumber(ARGV[2]), ltpm)
 local tokens = tonumber(ARGV[4])
 local function reply(verdict, wait, reason, mark)
   return {verdict, string.format('%.3f', wait), reason, tostring(lrpm), tostring(ltpm),
-          string.format('%.3f', mark), tostring(tpm)}
+          string.format('%.3f', mark), tostring(tpm), tostring(learned[3] or '0')}
 end
 if tpm > 0 and tokens > tpm then return reply('too_large', 0, '', 0) end
 local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -127,13 +128,14 @@ def _text(value: Any) -> str:
 
 
 def _parse_admission(reply: list[Any], local_limit_tpm: int | None) -> AdmissionResult:
-    verdict, wait_ms, reason, lrpm, ltpm, mark_ms, tpm = (_text(v) for v in reply)
+    verdict, wait_ms, reason, lrpm, ltpm, mark_ms, tpm, depth_ms = (_text(v) for v in reply)
     return AdmissionResult(
         verdict=Verdict(verdict),
         wait_s=float(wait_ms) / 1000.0,
         reason=reason,
         learned_rpm=int(float(lrpm)) or None,
         learned_tpm=int(float(ltpm)) or None,
+        learned_depth_s=float(depth_ms) / 1000.0 or None,
         pause_mark=float(mark_ms),
         limit_tpm=int(float(tpm)) or local_limit_tpm,
         local=False,
@@ -241,11 +243,16 @@ class RedisBackend:
             return await self._fallback.pause(key, pause_s)
         return float(_text(reply))
 
-    async def publish_learned(self, key: LimitKey, rpm: int | None, tpm: int | None) -> None:
+    async def publish_learned(
+        self, key: LimitKey, rpm: int | None, tpm: int | None, depth_s: float | None = None
+    ) -> None:
+        depth_ms = None if depth_s is None else round(depth_s * 1000.0, 3)
         fields: dict[FieldT, EncodableT] = {
-            name: value for name, value in (("rpm", rpm), ("tpm", tpm)) if value
+            name: value
+            for name, value in (("rpm", rpm), ("tpm", tpm), ("depth_ms", depth_ms))
+            if value
         }
-        await self._fallback.publish_learned(key, rpm, tpm)
+        await self._fallback.publish_learned(key, rpm, tpm, depth_s)
         if not fields:
             return
         learned = redis_keys(key).learned

@@ -1,0 +1,374 @@
+"""Rate-limit benchmark: how close to the provider's limit each client runs, and at what cost.
+
+Every run gets a fresh simulator in its own process (OpenAI-compatible, over real HTTP,
+latency proportional to output tokens), so buckets and ``/_sim/stats`` start clean. Per
+scenario (one RPM-bound, one TPM-bound; limits chosen so ``--jobs`` take about a minute):
+
+- ``bulkgen x1``: one ``bulkgen worker --burst`` process, limits ``auto`` (learned);
+- ``bulkgen x3``: three such processes sharing Redis and one PostgreSQL database;
+- ``seed c=8``: the seed's loop, a plain openai-SDK client, concurrency 8, backoff on 429
+  ``min(1 s * 2**attempt, 30 s) + uniform(0, 0.5 s)``, 5 attempts;
+- ``naive c=200``: the same loop at concurrency 200.
+
+Figures: makespan; makespan / ideal (ideal = the batch's cost at exactly the binding
+limit); the steady rate / limit (from the simulator's per-second counts of admitted
+requests or tokens between 5% and 95% of the admitted total, so warm-up and tail are
+left out); the busiest 10 s of that window / limit; the share of requests
+answered 429; retries (provider requests beyond one per job); jobs that failed.
+
+    .venv/bin/python bench/ratelimit.py --jobs 2000 --seed-jobs 300 --naive-jobs 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import openai
+import redis.asyncio as aioredis
+
+from bulkgen.db.migrate import migrate
+from bulkgen.db.pool import create_pool
+from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.prompts import PromptTemplate
+from bulkgen.service import open_services
+from bulkgen.settings import Settings
+from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.simulator.tokens import prompt_tokens
+
+API_KEY = "sk-bench"
+MODEL = "gpt-4o"
+BULKGEN = str(Path(sys.executable).with_name("bulkgen"))
+PEAK_WINDOW_S = 10
+BASE_SIM = SimConfig(ttft_ms=300.0, tokens_per_s=500.0, jitter=0.1, seed=11, api_key=API_KEY)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    bound: str  # "rpm" | "tpm": which limit binds
+    sim: SimConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    client: str
+    jobs: int
+    done: int
+    failed: int
+    makespan_s: float
+    ideal_s: float
+    steady_ratio: float
+    peak_second_ratio: float
+    requests: int
+    share_429: float
+    retries: int
+
+    @property
+    def makespan_ratio(self) -> float:
+        return self.makespan_s / self.ideal_s if self.ideal_s else 0.0
+
+
+def job_rows(jobs: int, tag: str) -> list[JobInput]:
+    """Jobs with max_tokens spread 150..1400, so latency spreads ~0.45..3 s (seeded)."""
+    rng = random.Random(7)
+    return [
+        JobInput(f"{tag} topic {i}", {}, {"max_tokens": rng.randrange(150, 1401)})
+        for i in range(jobs)
+    ]
+
+
+def messages_of(row: JobInput) -> list[dict[str, str]]:
+    """The exact messages bulkgen sends for a row, so every client pays the same tokens."""
+    options = row.options(BatchOptions(model=MODEL))
+    rendered = PromptTemplate.default().render(row.template_variables(options))
+    return [{"role": role, "content": content} for role, content in rendered]
+
+
+def batch_cost_tokens(rows: list[JobInput]) -> int:
+    """Tokens the simulator charges for one attempt of every row (prompt + max_tokens)."""
+    total = 0
+    for row in rows:
+        texts = [m["content"] for m in messages_of(row)]
+        total += prompt_tokens(texts) + int(row.overrides["max_tokens"])
+    return total
+
+
+def scenarios(jobs: int, minute_s: float) -> list[Scenario]:
+    """RPM-bound and TPM-bound limits under which ``jobs`` take about ``minute_s``."""
+    rpm = round(jobs * 60.0 / minute_s)
+    tpm = round(batch_cost_tokens(job_rows(jobs, "probe")) * 60.0 / minute_s)
+    return [
+        Scenario("rpm-bound", "rpm", _with(rpm=rpm, tpm=tpm * 4)),
+        Scenario("tpm-bound", "tpm", _with(rpm=rpm * 4, tpm=tpm)),
+    ]
+
+
+def _with(**changes: Any) -> SimConfig:
+    data = {**BASE_SIM.__dict__, **changes}
+    return SimConfig(**data)
+
+
+# ----------------------------------------------------------------- measuring
+
+
+async def sim_stats(base_url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(base_url.removesuffix("/v1") + "/_sim/stats")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+
+async def first_request_epoch_s(base_url: str, stop: asyncio.Event) -> float:
+    """Poll the simulator until it has seen a request: the start of a bulkgen makespan."""
+    async with httpx.AsyncClient() as client:
+        url = base_url.removesuffix("/v1") + "/_sim/stats"
+        while not stop.is_set():
+            if (await client.get(url)).json()["requests"] > 0:
+                return time.time()
+            await asyncio.sleep(0.02)
+    return time.time()
+
+
+def steady(per_second: list[dict[str, int]], field: str, limit_per_s: float) -> tuple[float, float]:
+    """(mean rate / limit, busiest 10 s / limit) between 5% and 95% of the admitted total."""
+    counts = [(p["t"], p[field]) for p in per_second]
+    total = sum(c for _, c in counts)
+    if not counts or total == 0:
+        return 0.0, 0.0
+    cumulative, start_t, end_t = 0, counts[0][0], counts[-1][0]
+    for t, c in counts:
+        before = cumulative
+        cumulative += c
+        if before < 0.05 * total <= cumulative:
+            start_t = t + 1  # the second crossing 5% is still warming up
+        if before < 0.95 * total <= cumulative:
+            end_t = t - 1  # and the one crossing 95% may be partial
+    window = [c for t, c in counts if start_t <= t <= end_t]
+    if not window:
+        return 0.0, 0.0
+    span = min(PEAK_WINDOW_S, len(window))
+    peak = max(sum(window[i : i + span]) for i in range(len(window) - span + 1)) / span
+    return sum(window) / len(window) / limit_per_s, peak / limit_per_s
+
+
+def make_row(
+    scenario: Scenario, client: str, jobs: int, done: int, makespan_s: float, stats: dict[str, Any]
+) -> Row:
+    sim = scenario.sim
+    per_second = stats["per_second"]
+    admitted_tokens = sum(p["tokens"] for p in per_second)
+    ideal_s = max(
+        jobs * 60.0 / (sim.rpm or 1e12),
+        admitted_tokens * jobs / max(1, stats["ok"]) * 60.0 / (sim.tpm or 1e12),
+    )
+    if scenario.bound == "rpm":
+        ratio, peak = steady(per_second, "requests", (sim.rpm or 0) / 60.0)
+    else:
+        ratio, peak = steady(per_second, "tokens", (sim.tpm or 0) / 60.0)
+    requests = int(stats["requests"])
+    refused = sum(stats["rate_limited"].values())
+    return Row(
+        scenario=scenario.name,
+        client=client,
+        jobs=jobs,
+        done=done,
+        failed=jobs - done,
+        makespan_s=round(makespan_s, 2),
+        ideal_s=round(ideal_s, 2),
+        steady_ratio=round(ratio, 4),
+        peak_second_ratio=round(peak, 3),
+        requests=requests,
+        share_429=round(refused / requests, 5) if requests else 0.0,
+        retries=requests - jobs,
+    )
+
+
+# ----------------------------------------------------------------- clients
+
+
+async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> tuple[int, float]:
+    """The seed's client: fixed concurrency, exponential backoff with jitter on 429 only."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=120)
+    queue: asyncio.Queue[JobInput] = asyncio.Queue()
+    for row in rows:
+        queue.put_nowait(row)
+    done = [0]
+    rng = random.Random(5)
+
+    async def one(row: JobInput) -> None:
+        for attempt in range(1, 6):
+            try:
+                await client.chat.completions.create(
+                    model=MODEL,
+                    messages=messages_of(row),  # type: ignore[arg-type]
+                    max_tokens=int(row.overrides["max_tokens"]),
+                )
+            except openai.RateLimitError:
+                if attempt == 5:
+                    return  # exhausted: the job failed (loudly, unlike the seed)
+                await asyncio.sleep(min(1.0 * 2**attempt, 30.0) + rng.uniform(0.0, 0.5))
+            else:
+                done[0] += 1
+                return
+
+    async def lane() -> None:
+        while not queue.empty():
+            await one(queue.get_nowait())
+
+    started = time.monotonic()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    makespan_s = time.monotonic() - started
+    await client.close()
+    return done[0], makespan_s
+
+
+async def bulkgen_run(
+    base_url: str, database_url: str, redis_url: str, rows: list[JobInput], workers: int
+) -> tuple[int, float]:
+    """Submit the batch, start ``workers`` worker processes, wait until they all exit."""
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.flushdb()  # learned limits and cached results of earlier runs must not leak
+    await redis.aclose()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": API_KEY,
+    }
+    settings = Settings(
+        database_url=database_url, redis_url=redis_url, openai_base_url=base_url,
+        openai_api_key=API_KEY,
+    )  # fmt: skip
+    svc = await open_services(settings)
+    try:
+        batch_id = await svc.submit(rows, BatchOptions(model=MODEL), account="bench")
+        stop = asyncio.Event()
+        first = asyncio.create_task(first_request_epoch_s(base_url, stop))
+        quiet = asyncio.subprocess.DEVNULL
+        procs = [
+            await asyncio.create_subprocess_exec(
+                BULKGEN, "worker", "--burst", env=env, stdout=quiet, stderr=quiet
+            )
+            for _ in range(workers)
+        ]
+        for proc in procs:
+            await proc.wait()
+        stop.set()
+        started_epoch_s = await first
+        counts = {c.status: c.jobs for c in await svc.store.batch_counts(batch_id)}
+        last = await svc.store.pool.fetchval(
+            "SELECT extract(epoch FROM max(finished_at)) FROM jobs WHERE batch_id = $1", batch_id
+        )
+    finally:
+        await svc.aclose()
+    return counts.get("done", 0), float(last) - started_epoch_s
+
+
+# ----------------------------------------------------------------- orchestration
+
+
+async def run_one(
+    scenario: Scenario, client: str, jobs: int, args: argparse.Namespace, database_url: str
+) -> Row:
+    rows = job_rows(jobs, f"{scenario.name} {client} {uuid.uuid4().hex[:6]}")
+    async with SimulatorProcess(scenario.sim) as sim:
+        if client.startswith("bulkgen"):
+            workers = int(client.rsplit("x", 1)[1])
+            done, makespan_s = await bulkgen_run(
+                sim.base_url, database_url, args.redis_url, rows, workers
+            )
+        else:
+            concurrency = int(client.rsplit("=", 1)[1])
+            done, makespan_s = await seed_loop(sim.base_url, rows, concurrency)
+        stats = await sim_stats(sim.base_url)
+    row = make_row(scenario, client, jobs, done, makespan_s, stats)
+    print(json.dumps({"run": asdict(row)}), file=sys.stderr, flush=True)
+    return row
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'scenario':<10} {'client':<12} {'jobs':>5} {'failed':>6} {'makespan':>9} "
+        f"{'/ideal':>7} {'rate/limit':>10} {'peak 10s':>8} {'429 share':>10} {'retries':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.scenario:<10} {r.client:<12} {r.jobs:>5} {r.failed:>6} {r.makespan_s:>8.1f}s "
+            f"{r.makespan_ratio:>7.2f} {r.steady_ratio:>10.3f} {r.peak_second_ratio:>8.3f} "
+            f"{r.share_429:>10.2%} {r.retries:>8}"
+        )
+
+
+async def with_database(admin_url: str, body: Any) -> Any:
+    """Create a fresh database, migrate it, run ``body(url)``, always drop it."""
+    name = f"bulkgen_bench_{os.getpid()}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        pool = await create_pool(url, max_size=2)
+        await migrate(pool)
+        await pool.close()
+        return await body(url)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    plan = [
+        ("bulkgen x1", args.jobs),
+        ("bulkgen x3", args.jobs),
+        ("seed c=8", args.seed_jobs),
+        ("naive c=200", args.naive_jobs or args.jobs),
+    ]
+    chosen = [s for s in scenarios(args.jobs, args.minute_s) if s.name in args.scenarios]
+
+    async def body(database_url: str) -> list[Row]:
+        rows = []
+        for scenario in chosen:
+            for client, jobs in plan:
+                if client.split()[0] in args.clients:
+                    rows.append(await run_one(scenario, client, jobs, args, database_url))
+        return rows
+
+    results: list[Row] = await with_database(args.admin_url, body)
+    for s in chosen:
+        print(f"# {s.name}: rpm={s.sim.rpm} tpm={s.sim.tpm} (per minute)")
+    print_table(results)
+    summary = [{**asdict(r), "makespan_ratio": round(r.makespan_ratio, 3)} for r in results]
+    print(json.dumps({"benchmark": "ratelimit", "rows": summary}))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--seed-jobs", type=int, default=300, help="jobs for seed c=8 (slow)")
+    parser.add_argument("--naive-jobs", type=int, default=0, help="jobs for naive (0: --jobs)")
+    parser.add_argument("--minute-s", type=float, default=60.0, help="target makespan")
+    parser.add_argument("--scenarios", nargs="+", default=["rpm-bound", "tpm-bound"])
+    parser.add_argument("--clients", nargs="+", default=["bulkgen", "seed", "naive"])
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

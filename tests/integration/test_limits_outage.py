@@ -1,0 +1,118 @@
+"""A provider outage opens the circuit breaker; the batch survives it and completes.
+
+Real PostgreSQL, the simulator over real HTTP in this event loop. What the breaker
+promises, and what this test holds it to:
+
+- every 503 costs the job that received it one attempt (the retry policy treats 5xx as a
+  failed attempt): exactly one ``server_error`` retry per 503 the simulator sent, and
+  no attempt is spent on anything but a real answer from the provider;
+- while the circuit is open, jobs are not sent: the only requests the provider sees are
+  the half-open probes, at most one per cooldown; claimed jobs wait at admission and
+  unclaimed ones stay ``queued`` with their attempts intact;
+- once the outage ends, the next probe closes the circuit and every job ends ``done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from bulkgen.limits import BreakerState, LimitKey
+from bulkgen.service import Services
+from bulkgen.simulator import SimConfig, running_simulator
+
+from .pipeline_support import make_settings, start, statuses, submit
+
+pytestmark = pytest.mark.postgres
+
+JOBS = 40
+COOLDOWN_S = 0.3
+OUTAGE_S = 1.2
+
+
+async def _sim(
+    client: httpx.AsyncClient, method: str, path: str, body: object = None
+) -> dict[str, Any]:
+    response = await client.request(method, path, json=body)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def _outage(
+    svc: Services, sim: httpx.AsyncClient, key: LimitKey, batch_id: uuid.UUID
+) -> tuple[int, float]:
+    """Fail every request until the breaker opens, hold the outage, end it.
+
+    Returns the requests the provider saw while the circuit was open, and for how long.
+    """
+
+    async def some_done() -> bool:
+        return (await statuses(svc, batch_id)).get("done", 0) >= 5
+
+    await _until(some_done, 10.0)
+    await _sim(sim, "POST", "/_sim/config", {"faults": {"503": 1.0}})
+
+    async def breaker_open() -> bool:
+        return svc.governor.breaker_state(key) is not BreakerState.CLOSED
+
+    await _until(breaker_open, 10.0)
+    opened_s = time.monotonic()
+    before = (await _sim(sim, "GET", "/_sim/stats"))["requests"]
+    await asyncio.sleep(OUTAGE_S)
+    during = (await _sim(sim, "GET", "/_sim/stats"))["requests"] - before
+    open_s = time.monotonic() - opened_s
+    await _sim(sim, "POST", "/_sim/config", {"faults": {}})
+    return during, open_s
+
+
+async def test_outage_opens_the_breaker_and_the_batch_completes_after_it(
+    database_url: str,
+) -> None:
+    config = SimConfig(rpm=None, tpm=None, ttft_ms=30.0, seed=4)
+    async with running_simulator(config) as base_url:
+        settings = make_settings(
+            database_url,
+            base_url,
+            concurrency=4,
+            max_attempts=10,
+            breaker_failures=3,
+            breaker_cooldown_s=COOLDOWN_S,
+        )
+        svc = await start(settings)
+        try:
+            batch_id = await submit(svc, JOBS, max_tokens=200, target_words=100)
+            key = LimitKey(svc.provider.base_url, svc.provider.api_key_id, "gpt-4o")
+            async with httpx.AsyncClient(base_url=base_url.removesuffix("/v1")) as sim:
+                worker = asyncio.create_task(svc.worker(burst=True).run())
+                during, open_s = await _outage(svc, sim, key, batch_id)
+                await asyncio.wait_for(worker, 30.0)
+                stats = await _sim(sim, "GET", "/_sim/stats")
+            rows = await svc.store.pool.fetch("SELECT status, attempts FROM jobs")
+        finally:
+            await svc.aclose()
+    assert {r["status"] for r in rows} == {"done"} and len(rows) == JOBS
+    failed_503 = stats["faults"].get("503", 0)
+    assert failed_503 >= settings.breaker_failures  # the outage was real and opened it
+    server_errors = svc.metrics.counters.get(("jobs.retried", (("error_kind", "server_error"),)))
+    assert server_errors == failed_503  # each 503 burnt one attempt of the job it hit
+    retried = svc.metrics.total("jobs.retried")  # 503s plus output-validation retries
+    assert sum(r["attempts"] for r in rows) == JOBS + retried
+    assert max(r["attempts"] for r in rows) < settings.max_attempts
+    # Open: only probes reach the provider, at most one per cooldown (plus the one due now).
+    assert during <= math.ceil(open_s / COOLDOWN_S) + 1, (during, open_s)
+    assert svc.governor.breaker_state(key) is BreakerState.CLOSED

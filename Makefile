@@ -26,8 +26,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/enqueue.py
-	@test ! -f bench/ratelimit.py || $(BIN)/python bench/ratelimit.py
-	@test ! -f bench/cache.py || $(BIN)/python bench/cache.py
+	$(BIN)/python bench/claim.py
+	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/ratelimit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

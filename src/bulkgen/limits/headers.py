@@ -147,7 +147,14 @@ def _instant(headers: Mapping[str, str], name: str, now_epoch_s: float) -> float
     return max(0.0, moment.timestamp() - now_epoch_s)
 
 
-def _retry_after_s(headers: Mapping[str, str], now_epoch_s: float) -> float | None:
+def retry_after_s(headers: Mapping[str, str], now_epoch_s: float) -> float | None:
+    """The provider's wait hint in seconds (lower-cased header names), or None.
+
+    ``retry-after-ms`` wins (more precise); ``retry-after`` is delta-seconds or an HTTP
+    date. Negative, non-finite or unreadable values are ignored with a warning, so a bad
+    header never schedules a job into the past or forever. The one parser of these
+    headers: the provider's error translation uses it too.
+    """
     raw_ms = headers.get("retry-after-ms")
     if raw_ms is not None:
         try:
@@ -173,6 +180,9 @@ def _retry_after_s(headers: Mapping[str, str], now_epoch_s: float) -> float | No
         moment = parsedate_to_datetime(raw.strip())
     except (TypeError, ValueError, IndexError):
         _warn("retry-after", raw, "neither seconds nor an HTTP date")
+        return None
+    if moment.tzinfo is None:
+        _warn("retry-after", raw, "an HTTP date without a time zone")
         return None
     return max(0.0, moment.timestamp() - now_epoch_s)
 
@@ -214,5 +224,5 @@ def parse_rate_limit_headers(
             _duration(h, "x-ratelimit-reset-tokens"),
             _instant(h, f"{a_tok}-reset", now_epoch_s),
         ),
-        retry_after_s=_retry_after_s(h, now_epoch_s),
+        retry_after_s=retry_after_s(h, now_epoch_s),
     )

@@ -21,10 +21,8 @@ hidden burst of retries from every coroutine at once.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 import httpx
@@ -40,6 +38,7 @@ from bulkgen.errors import (
     QuotaExhausted,
     RateLimited,
 )
+from bulkgen.limits.headers import retry_after_s
 from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.providers.base import api_key_id
 
@@ -53,41 +52,8 @@ def _lower_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def parse_retry_after_s(headers: Mapping[str, str], *, now_s: float) -> float | None:
-    """The provider's wait hint in seconds, or None when absent or unreadable.
-
-    ``retry-after-ms`` wins because it is the more precise of the two; ``retry-after`` may
-    be delta-seconds or an HTTP date (RFC 9110), compared against ``now_s`` (epoch seconds,
-    injected so the translation stays testable). Negative or non-finite values are ignored
-    rather than trusted, so a bad header can never schedule a job into the past or forever.
-    """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value_ms = float(raw_ms.strip())
-        except ValueError:
-            value_ms = math.nan
-        if math.isfinite(value_ms) and value_ms >= 0:
-            return value_ms / 1000.0
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw.strip())
-    except ValueError:
-        return _retry_after_date_s(raw, now_s=now_s)
-    if math.isfinite(seconds) and seconds >= 0:
-        return seconds
-    return None
-
-
-def _retry_after_date_s(raw: str, *, now_s: float) -> float | None:
-    try:
-        when = parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now_s)
+    """The provider's wait hint in seconds, or None (see :func:`retry_after_s`)."""
+    return retry_after_s(headers, now_s)
 
 
 def _error_code(exc: openai.APIStatusError) -> str | None:

@@ -50,7 +50,16 @@ class InputError(BulkgenError):
 
 
 class StorageError(BulkgenError):
-    """The database refused an operation or could not be reached."""
+    """The database refused an operation or could not be reached.
+
+    ``transient`` is True when the same statement may succeed later (connection lost,
+    server shutting down, too many connections, deadlock, timeout) and False when the
+    data itself was refused (a constraint, an invalid value): retrying that is futile.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class BudgetExceeded(BulkgenError):

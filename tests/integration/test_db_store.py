@@ -174,3 +174,47 @@ async def test_prune_removes_only_old_finished_batches(store: Store) -> None:
     left = {r["id"] for r in await store.pool.fetch("SELECT id FROM batches")}
     assert left == {old_busy, recent}
     assert await store.pool.fetchval("SELECT count(*) FROM results") == 0
+
+
+async def test_a_cancel_sticks_for_jobs_running_at_the_time(store: Store) -> None:
+    batch_id = await _batch(store, "acme", 4)
+    owner = uuid.uuid4()
+    await store.worker_register(owner, "h", 1)
+    a, b, c = await store.jobs_claim(owner, 3, 60)
+    assert await store.batch_cancel(batch_id) == 1
+    # A retry, a release at shutdown and a rescue of a dead worker all end cancelled.
+    assert await store.jobs_finish_retry(owner, [RetryRow(a.id, 0.0, 1, 0, False, "x", "503")])
+    assert await store.jobs_release(owner, [b.id]) == 1
+    await store.pool.execute("UPDATE workers SET heartbeat_at = now() - interval '1 hour'")
+    assert await store.jobs_rescue(lease_s=30, max_attempts=5) == 1
+    rows = await store.pool.fetch("SELECT status, error_kind FROM jobs")
+    assert {(r["status"], r["error_kind"]) for r in rows} == {("cancelled", "cancelled")}
+    assert await store.jobs_claim(owner, 4, 60) == []
+    del c
+
+
+async def test_concurrent_claims_take_different_rows(store: Store) -> None:
+    import asyncio
+
+    await _batch(store, "acme", 1000)
+    workers = [uuid.uuid4() for _ in range(4)]
+    claims = await asyncio.gather(*(store.jobs_claim(w, 20, 60) for w in workers))
+    ids = [j.id for claim in claims for j in claim]
+    assert len(ids) == len(set(ids))
+    assert sum(len(c) for c in claims) >= 60  # nobody races for the same candidates
+
+
+async def test_small_account_is_served_next_to_a_busy_one(store: Store) -> None:
+    await _batch(store, "big", 500)
+    owner = uuid.uuid4()
+    running = list(await store.jobs_claim(owner, 20, 60))
+    await _batch(store, "small", 3)
+    served = []
+    for _ in range(3):  # steady state: one slot frees, one job is claimed
+        finished = running.pop(0)
+        await store.jobs_finish_done(owner, [_done(finished.id)])
+        (job,) = await store.jobs_claim(owner, 1, 60)
+        running.append(job)
+        served.append(job.account_id)
+    small_id = await store.account_ensure("small")
+    assert served == [small_id] * 3

@@ -45,10 +45,22 @@ async def create_pool(
     return pool
 
 
+# SQLSTATE classes worth retrying: connection exception, transaction rollback (deadlock,
+# serialization), insufficient resources, operator intervention (shutdown, cancel).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    return True  # OSError, timeouts, a closed connection
+
+
 @contextlib.asynccontextmanager
 async def translate_errors(action: str) -> AsyncIterator[None]:
     """Turn driver errors into StorageError naming what was being done."""
     try:
         yield
     except DRIVER_ERRORS as exc:
-        raise StorageError(f"{action} failed: {exc}") from exc
+        raise StorageError(f"{action} failed: {exc}", transient=is_transient(exc)) from exc

@@ -61,9 +61,12 @@ WHERE batch_id = (SELECT id FROM b) AND status = 'queued'
 """
 
 # Fair claim. Distinct accounts with queued work are found by a skip scan over the claim
-# index (cost grows with accounts, not with the backlog); each account offers at most its
-# free quota, candidates are interleaved round-robin (rank within account first), and only
-# the chosen rows are locked, skipping rows another worker holds.
+# index (cost grows with accounts, not with the backlog). Each account offers at most its
+# free quota, locking its own oldest rows with SKIP LOCKED (so concurrent claimers take
+# different rows instead of racing for the same candidates), and the offers are
+# interleaved round-robin: rank within the account first, then the account with the fewest
+# jobs running, so a small account is served next to a large one at once. The quota is a
+# soft cap: concurrent claims may overshoot it by what they take at the same moment.
 JOBS_CLAIM = """
 WITH RECURSIVE active(account_id) AS (
     (SELECT account_id FROM jobs WHERE status = 'queued' ORDER BY account_id LIMIT 1)
@@ -74,34 +77,33 @@ WITH RECURSIVE active(account_id) AS (
     FROM active WHERE active.account_id IS NOT NULL
 ),
 offer AS (
-    SELECT a.account_id,
-           greatest(0, least($2::int, acc.concurrency_quota - (
-               SELECT count(*) FROM jobs r
-               WHERE r.account_id = a.account_id AND r.status IN ('generating', 'formatting')
-           )))::int AS slots
-    FROM active a JOIN accounts acc ON acc.id = a.account_id
+    SELECT a.account_id, r.running,
+           greatest(0, least($2::int, acc.concurrency_quota - r.running))::int AS slots
+    FROM active a
+    JOIN accounts acc ON acc.id = a.account_id
+    CROSS JOIN LATERAL (
+        SELECT count(*)::int AS running FROM jobs x
+        WHERE x.account_id = a.account_id AND x.status IN ('generating', 'formatting')
+    ) r
 ),
-candidates AS (
-    SELECT c.id, c.rank
+locked AS (
+    SELECT c.id, o.running,
+           row_number() OVER (PARTITION BY o.account_id ORDER BY c.run_after, c.id) AS rank
     FROM offer o
     CROSS JOIN LATERAL (
-        SELECT j.id, row_number() OVER (ORDER BY j.run_after, j.id) AS rank
-        FROM jobs j
+        SELECT j.id, j.run_after FROM jobs j
         WHERE j.status = 'queued' AND j.account_id = o.account_id AND j.run_after <= now()
         ORDER BY j.run_after, j.id
         LIMIT o.slots
+        FOR UPDATE SKIP LOCKED
     ) c
-    ORDER BY c.rank, c.id
-    LIMIT $2
 ),
-locked AS (
-    SELECT j.id FROM jobs j
-    WHERE j.id IN (SELECT id FROM candidates) AND j.status = 'queued'
-    FOR UPDATE SKIP LOCKED
+chosen AS (
+    SELECT id FROM locked ORDER BY rank, running, id LIMIT $2
 )
 UPDATE jobs j
 SET status = 'generating', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
-FROM locked WHERE j.id = locked.id
+FROM chosen WHERE j.id = chosen.id
 RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms,
           j.max_tokens_grown
 """
@@ -131,23 +133,33 @@ WITH stale AS (
     DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1) RETURNING id
 )
 UPDATE jobs j
-SET status = CASE WHEN j.attempts + 1 >= $2 THEN 'failed' ELSE 'queued' END,
+SET status = CASE WHEN j.attempts + 1 >= $2 THEN 'failed'
+                  WHEN b.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
     attempts = j.attempts + 1,
     lease_owner = NULL, lease_expires_at = NULL, run_after = now(),
-    error_kind = 'lease_expired',
+    error_kind = CASE WHEN j.attempts + 1 < $2 AND b.cancelled_at IS NOT NULL
+                      THEN b.cancel_reason ELSE 'lease_expired' END,
     error_message = 'the worker running this job stopped sending heartbeats',
-    finished_at = CASE WHEN j.attempts + 1 >= $2 THEN now() END
-WHERE j.status IN ('generating', 'formatting')
+    finished_at = CASE WHEN j.attempts + 1 >= $2 OR b.cancelled_at IS NOT NULL THEN now() END
+FROM batches b
+WHERE b.id = j.batch_id AND j.status IN ('generating', 'formatting')
   AND (j.lease_owner IN (SELECT id FROM stale)
        OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.lease_owner))
 RETURNING j.id
 """
 
-# Shutdown: jobs this worker did not finish go back untouched (no attempt burnt).
+# Shutdown: jobs this worker did not finish go back untouched (no attempt burnt), unless
+# their batch was cancelled meanwhile.
 JOBS_RELEASE = """
-UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, run_after = now()
-WHERE lease_owner = $1 AND status IN ('generating', 'formatting') AND id = ANY($2::bigint[])
-RETURNING id
+UPDATE jobs j
+SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+    error_kind = CASE WHEN b.cancelled_at IS NULL THEN j.error_kind ELSE b.cancel_reason END,
+    finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
+    lease_owner = NULL, lease_expires_at = NULL, run_after = now()
+FROM batches b
+WHERE b.id = j.batch_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+  AND j.id = ANY($2::bigint[])
+RETURNING j.id
 """
 
 # Finishing, fenced on the lease owner: a job taken over by another worker is never
@@ -176,16 +188,22 @@ FROM d JOIN fin ON fin.id = d.job_id
 RETURNING job_id
 """
 
+# A retry of a job whose batch was cancelled meanwhile ends `cancelled`: a cancel sticks.
 JOBS_FINISH_RETRY = """
 UPDATE jobs j
-SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+    finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
+    lease_owner = NULL, lease_expires_at = NULL,
     run_after = now() + make_interval(secs => d.delay_s),
     attempts = j.attempts + d.burnt, rate_limited_ms = j.rate_limited_ms + d.rate_limited_ms,
     max_tokens_grown = j.max_tokens_grown OR d.grow,
-    error_kind = d.error_kind, error_message = d.error_message
+    error_kind = CASE WHEN b.cancelled_at IS NULL THEN d.error_kind ELSE b.cancel_reason END,
+    error_message = d.error_message
 FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::text[], $8::text[])
-    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message)
-WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message),
+    batches b
+WHERE j.id = d.job_id AND b.id = j.batch_id
+  AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
 RETURNING j.id
 """
 

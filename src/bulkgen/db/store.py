@@ -221,7 +221,7 @@ class Store:
                         r.rate_limited_ms,
                         r.grow_max_tokens,
                         r.error_kind,
-                        r.error_message[:2000],
+                        pg_text(r.error_message[:2000]),
                     )
                     for r in rows
                 ],
@@ -243,7 +243,7 @@ class Store:
                         r.status,
                         r.burnt,
                         r.error_kind,
-                        r.error_message[:2000],
+                        pg_text(r.error_message[:2000]),
                         r.prompt_tokens,
                         r.completion_tokens,
                     )
@@ -299,12 +299,24 @@ class Store:
         return BudgetSeed(cap, usage.cost_usd)
 
 
+def pg_text(text: str) -> str:
+    """Text PostgreSQL can store: no NUL characters, no lone surrogates. A provider can
+    send either inside valid JSON; refusing the write would strand the job."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def _done_tuple(r: DoneRow) -> tuple[object, ...]:
     return (
         r.job_id,
-        r.content,
-        r.html,
-        r.title,
+        pg_text(r.content),
+        pg_text(r.html),
+        pg_text(r.title),
         r.word_count,
         r.finish_reason,
         r.model,

@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
 from bulkgen.errors import StorageError
@@ -96,50 +98,57 @@ class StatusWriter:
                 await asyncio.sleep(backoff_s)
 
     async def _flush_once(self) -> None:
+        """Write up to ``max_rows`` outcomes, one statement per kind. Each kind is settled
+        as soon as its statement commits, so a later kind's failure re-queues only its own
+        rows, never rows already written."""
         if not self._pending:
             return
         taken, self._pending = self._pending[: self._max_rows], self._pending[self._max_rows :]
-        try:
-            written = await self._write_all([p.row for p in taken])
-        except BaseException:
-            self._pending[:0] = taken  # keep order; retried on the next flush
-            raise
-        for p in taken:
-            if not p.written.done():
-                p.written.set_result(p.row.job_id in written)
+        retry_later: list[_Pending] = []
+        error: StorageError | None = None
+        for kind, write in (
+            (DoneRow, self._store.jobs_finish_done),
+            (RetryRow, self._store.jobs_finish_retry),
+            (FailedRow, self._store.jobs_finish_failed),
+        ):
+            group = [p for p in taken if isinstance(p.row, kind)]
+            if not group:
+                continue
+            try:
+                written = await self._write_kind(write, [p.row for p in group])
+            except StorageError as exc:  # transient: keep them, in order, for the next flush
+                retry_later += group
+                error = exc
+                continue
+            for p in group:
+                if not p.written.done():
+                    p.written.set_result(p.row.job_id in written)
+        self._metrics.inc("db.status_rows", len(taken) - len(retry_later))
+        if error is not None:
+            self._pending[:0] = sorted(retry_later, key=taken.index)
+            raise error
 
-    async def _write_all(self, rows: list[Outcome]) -> set[int]:
-        done = [r for r in rows if isinstance(r, DoneRow)]
-        retry = [r for r in rows if isinstance(r, RetryRow)]
-        failed = [r for r in rows if isinstance(r, FailedRow)]
-        written: set[int] = set()
-        if done:
-            written |= await self._write_done(done)
-        if retry:
-            self._metrics.inc("db.status_statements")
-            written |= await self._store.jobs_finish_retry(self._worker_id, retry)
-        if failed:
-            self._metrics.inc("db.status_statements")
-            written |= await self._store.jobs_finish_failed(self._worker_id, failed)
-        self._metrics.inc("db.status_rows", len(rows))
-        return written
-
-    async def _write_done(self, rows: list[DoneRow]) -> set[int]:
-        """One statement for all; if the database refuses the set (a result it deems empty),
-        write row by row so one bad result cannot hold back the others, and fail the bad one."""
+    async def _write_kind(
+        self, write: Callable[[uuid.UUID, Any], Awaitable[set[int]]], rows: list[Outcome]
+    ) -> set[int]:
+        """One statement for the whole group. If the database refuses the data itself (not
+        a lost connection), write row by row so one bad row cannot hold back the others,
+        and end the bad one ``failed``: a refused row retried forever would jam the writer."""
         self._metrics.inc("db.status_statements")
         try:
-            return await self._store.jobs_finish_done(self._worker_id, rows)
+            return await write(self._worker_id, rows)
         except StorageError as exc:
-            if "check" not in str(exc).lower() and "non-empty" not in str(exc):
+            if exc.transient:
                 raise
         written: set[int] = set()
         for row in rows:
             self._metrics.inc("db.status_statements")
             try:
-                written |= await self._store.jobs_finish_done(self._worker_id, [row])
+                written |= await write(self._worker_id, [row])
             except StorageError as exc:
-                logger.error("job.result_refused", extra={"job_id": row.job_id, "error": str(exc)})
-                refused = FailedRow(row.job_id, "failed", 1, "invalid_output", str(exc))
+                if exc.transient:
+                    raise
+                logger.error("job.outcome_refused", extra={"job_id": row.job_id, "error": str(exc)})
+                refused = FailedRow(row.job_id, "failed", 1, "unstorable", str(exc)[:500])
                 written |= await self._store.jobs_finish_failed(self._worker_id, [refused])
         return written

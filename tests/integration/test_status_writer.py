@@ -1,0 +1,72 @@
+"""The batched status writer against real PostgreSQL: one bad row never jams the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bulkgen.db.pool import create_pool
+from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
+from bulkgen.db.writer import StatusWriter
+from bulkgen.metrics import Metrics
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+async def _claimed(store: Store, owner: uuid.UUID, n: int) -> list[int]:
+    account = await store.account_ensure("acme")
+    await store.batch_create(
+        account_id=account,
+        options={},
+        template="t",
+        template_version="v",
+        inputs=[{"keyword": f"k{i}"} for i in range(n)],
+    )
+    return [j.id for j in await store.jobs_claim(owner, n, 60)]
+
+
+def _done(job_id: int, content: str) -> DoneRow:
+    return DoneRow(job_id, content, "<p>x</p>", "T", 3, "stop", "m", False, 1, 2, None)
+
+
+async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Store) -> None:
+    owner = uuid.uuid4()
+    nul, blank, good, retry, failed = await _claimed(store, owner, 5)
+    metrics = Metrics()
+    writer = StatusWriter(store, owner, flush_ms=10, metrics=metrics)
+    writer.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                writer.write(_done(nul, "# T\n\nwords \x00 and a lone \ud800 surrogate")),
+                writer.write(_done(blank, " \n\t ")),  # the database refuses this one
+                writer.write(_done(good, "# Good\n\nplain words")),
+                writer.write(RetryRow(retry, 0.0, 1, 0, False, "server_error", "bad \x00 byte")),
+                writer.write(FailedRow(failed, "failed", 1, "rejected", "400 \ud800")),
+            ),
+            timeout=10,
+        )
+    finally:
+        await writer.close()
+    assert results == [True, True, True, True, True]
+    rows = {r["id"]: r for r in await store.pool.fetch("SELECT * FROM jobs")}
+    assert rows[nul]["status"] == "done" and rows[good]["status"] == "done"
+    assert (rows[blank]["status"], rows[blank]["error_kind"]) == ("failed", "unstorable")
+    assert rows[retry]["status"] == "queued" and "\x00" not in rows[retry]["error_message"]
+    assert rows[failed]["status"] == "failed"
+    content = await store.pool.fetchval("SELECT content FROM results WHERE job_id = $1", nul)
+    assert "\x00" not in content and "words" in content
+    # Batched: far fewer statements than outcomes would cost one by one, plus the fallback.
+    assert metrics.total("db.status_statements") <= 6

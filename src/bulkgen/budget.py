@@ -50,7 +50,7 @@ from redis.asyncio import Redis
 from bulkgen.accounting import BudgetSeed
 from bulkgen.cache import RedisGuard
 from bulkgen.cache.guard import BYPASSED
-from bulkgen.errors import BudgetExceeded
+from bulkgen.errors import BudgetContended, BudgetExceeded
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import Usage
@@ -243,8 +243,9 @@ class RedisLedger:
         name = KEY_PREFIX + str(batch_id)
         args = (str(reserved_nusd), str(actual_nusd))
         async with self._calls:
+            # Forced past a back-off: a skipped settle would hold budget until the key expires.
             await self._guard.call(
-                "budget_settle", lambda: self.redis.eval(_SETTLE_LUA, 1, name, *args)
+                "budget_settle", lambda: self.redis.eval(_SETTLE_LUA, 1, name, *args), force=True
             )
 
     async def spent_nusd(self, batch_id: uuid.UUID) -> int | None:
@@ -312,10 +313,15 @@ class BudgetLedger:
             if decision == "ok":
                 self._metrics.inc("budget.reserved")
                 return Reservation(batch_id, amount, book)
-            if decision == "exceeded" or self._clock() >= deadline:
+            if decision == "exceeded":
                 self._metrics.inc("budget.exceeded")
                 raise BudgetExceeded(
                     f"batch {batch_id}: a call of up to {worst:.6f} USD would pass the cap"
+                )
+            if self._clock() >= deadline:
+                self._metrics.inc("budget.contended")
+                raise BudgetContended(
+                    f"batch {batch_id}: the rest of the cap is held by calls in flight"
                 )
             self._metrics.inc("budget.waited")
             await self._wait_for_settle(batch_id, min(delay_s, deadline - self._clock()))

@@ -10,6 +10,7 @@ only ever catch our types::
     ├── InputError                  a batch file or list that cannot be accepted (row, field)
     ├── StorageError                the database failed or is unreachable
     ├── BudgetExceeded              a batch's spending cap would be passed
+    ├── BudgetContended             the rest of a cap is held by calls still in flight
     ├── RequestTooLarge             one request is bigger than the whole token budget
     └── ProviderError               one provider call failed; knows if a retry may help
         ├── RateLimited             429 rate_limit_exceeded (snooze, never burns an attempt)
@@ -64,6 +65,11 @@ class StorageError(BulkgenError):
 
 class BudgetExceeded(BulkgenError):
     """Sending one more request would take a batch past its spending cap."""
+
+
+class BudgetContended(BulkgenError):
+    """What is left of a batch's cap is reserved by calls still in flight; once they settle
+    it may be enough, so the job waits (no attempt burnt) instead of being cancelled."""
 
 
 class RequestTooLarge(BulkgenError):

@@ -18,7 +18,14 @@ from typing import Literal
 from bulkgen.budget import BudgetLedger
 from bulkgen.cache import CachedResult, SingleFlight, cache_key, cache_scope
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow
-from bulkgen.errors import BudgetExceeded, BulkgenError, InputError
+from bulkgen.db.writer import Outcome
+from bulkgen.errors import (
+    BudgetContended,
+    BudgetExceeded,
+    BulkgenError,
+    InputError,
+    StorageError,
+)
 from bulkgen.formatting import format_article, validate_completion
 from bulkgen.intake import BatchOptions, JobInput
 from bulkgen.limits import LimitKey, RateGovernor
@@ -30,7 +37,9 @@ from bulkgen.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-Outcome = DoneRow | RetryRow | FailedRow
+
+BUDGET_RETRY_S = 5.0
+STORAGE_RETRY_S = 1.0
 
 # A rough, provider-agnostic prompt size: the admission reserves this plus max_tokens and
 # reconciles with the provider's own usage count afterwards.
@@ -137,6 +146,11 @@ class Pipeline:
             return FailedRow(job.id, "failed", 1, "invalid_input", str(exc))
         except BudgetExceeded as exc:
             return self._over_budget(job, exc)
+        except BudgetContended as exc:  # the rest of the cap is held by calls in flight
+            self.metrics.inc("jobs.snoozed", error_kind="budget_wait")
+            return RetryRow(job.id, BUDGET_RETRY_S, 0, 0, False, "budget_wait", str(exc))
+        except StorageError as exc:  # a database blip is not the job's fault
+            return RetryRow(job.id, STORAGE_RETRY_S, 0, 0, False, "storage", str(exc))
         except BulkgenError as exc:
             return _billed(self._on_error(job, exc), receipt)
         cached = source != "provider"
@@ -159,16 +173,36 @@ class Pipeline:
     async def _paid(
         self, batch_id: uuid.UUID, request: ChatRequest, receipt: Receipt
     ) -> CachedResult:
-        """A provider call inside the batch's budget: the worst case is held before sending
-        and replaced by the billed cost after, whatever happened (see bulkgen.budget)."""
-        if self.budget is None:
-            return await self._generate(request, receipt)
+        """One admitted provider call, inside the batch's budget, validated before anyone
+        (the cache included) sees it.
+
+        The budget is reserved only once the limiter has admitted the call, so a call
+        waiting out a rate limit holds no money, and the hold is replaced by the billed
+        cost as soon as the provider answers, whatever the answer (see bulkgen.budget)."""
+        limit_key = LimitKey(self.provider.base_url, self.provider.api_key_id, request.model)
+        self._limit_keys.add(limit_key)
         prompt_tokens = request.prompt_chars() // CHARS_PER_TOKEN
-        held = await self.budget.reserve(batch_id, request.model, prompt_tokens, request.max_tokens)
-        try:
-            return await self._generate(request, receipt)
-        finally:
-            await self.budget.settle(held, receipt.model or request.model, receipt.usage)
+        async with self.governor.slot(limit_key, prompt_tokens + request.max_tokens) as slot:
+            held = None
+            if self.budget is not None:
+                held = await self.budget.reserve(
+                    batch_id, request.model, prompt_tokens, request.max_tokens
+                )
+            try:
+                completion = await self.provider.complete(request)
+                receipt.answered(completion, request.model)
+                await slot.record(completion)
+            finally:
+                if self.budget is not None:
+                    await self.budget.settle(held, receipt.model or request.model, receipt.usage)
+        self.metrics.inc("provider.completions", model=request.model)
+        validate_completion(completion, min_words=self.config.min_words)
+        return CachedResult(
+            content=completion.content,
+            usage=completion.usage,
+            model=completion.model or request.model,
+            finish_reason=completion.finish_reason,
+        )
 
     def _still_valid(self, result: CachedResult) -> bool:
         """A cached or shared answer passes the same validation as a fresh one: an entry
@@ -186,25 +220,6 @@ class Pipeline:
         self.metrics.inc("jobs.cancelled", error_kind="budget_exceeded")
         logger.warning("job.budget_exceeded", extra={"job_id": job.id, "error": str(exc)})
         return FailedRow(job.id, "cancelled", 0, "budget_exceeded", f"BudgetExceeded: {exc}")
-
-    async def _generate(self, request: ChatRequest, receipt: Receipt | None = None) -> CachedResult:
-        """One admitted provider call, validated before anyone (the cache included) sees it."""
-        limit_key = LimitKey(self.provider.base_url, self.provider.api_key_id, request.model)
-        self._limit_keys.add(limit_key)
-        estimated = request.prompt_chars() // CHARS_PER_TOKEN + request.max_tokens
-        async with self.governor.slot(limit_key, estimated) as slot:
-            completion = await self.provider.complete(request)
-            await slot.record(completion)
-        if receipt is not None:
-            receipt.answered(completion, request.model)
-        self.metrics.inc("provider.completions", model=request.model)
-        validate_completion(completion, min_words=self.config.min_words)
-        return CachedResult(
-            content=completion.content,
-            usage=completion.usage,
-            model=completion.model or request.model,
-            finish_reason=completion.finish_reason,
-        )
 
     def _on_error(self, job: ClaimedJob, exc: BulkgenError) -> Outcome:
         attempts = job.attempts + 1

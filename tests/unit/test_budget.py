@@ -10,7 +10,7 @@ import pytest
 
 from bulkgen.accounting import BudgetSeed
 from bulkgen.budget import BudgetLedger, MemoryLedger, admit, to_nusd
-from bulkgen.errors import BudgetExceeded
+from bulkgen.errors import BudgetContended, BudgetExceeded
 from bulkgen.metrics import Metrics
 from bulkgen.models import Usage
 from bulkgen.pricing import ModelPrice, PriceTable
@@ -134,6 +134,8 @@ async def test_waiting_is_bounded() -> None:
     clock = SteppingClock(0.1)
     budget = ledger(Loader("0.01"), wait_s=1.0, poll_s=0.001, max_poll_s=0.001, clock=clock)
     await budget.reserve(BATCH, "m", 0, 6_000)  # never settled: a worker died mid-call
-    with pytest.raises(BudgetExceeded):
+    # Not "exceeded": the money is only held, so the job waits and tries again later
+    # (no attempt burnt) instead of being cancelled for good.
+    with pytest.raises(BudgetContended):
         await budget.reserve(BATCH, "m", 0, 6_000)
     assert clock.now_s < 3.0  # gave up at the deadline, not later

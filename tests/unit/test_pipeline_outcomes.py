@@ -1,0 +1,82 @@
+"""Pipeline outcomes for budget and storage trouble, with a fake provider (no services)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+from bulkgen.accounting import BudgetSeed
+from bulkgen.budget import BudgetLedger, MemoryLedger
+from bulkgen.cache import MemoryCache, SingleFlight
+from bulkgen.db.store import ClaimedJob, DoneRow, RetryRow
+from bulkgen.errors import StorageError
+from bulkgen.intake import validate_options
+from bulkgen.limits import build_governor
+from bulkgen.metrics import Metrics
+from bulkgen.models import ChatRequest, Completion, Usage
+from bulkgen.pipeline import BatchPlan, Pipeline, PipelineConfig
+from bulkgen.prompts import PromptTemplate
+from bulkgen.retry import RetryPolicy
+from bulkgen.settings import Settings
+
+
+class SlowProvider:
+    base_url = "http://provider.test/v1"
+    api_key_id = "k"
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        await asyncio.sleep(self.delay_s)
+        return Completion("# T\n\n" + "word " * 50, Usage(10, 60), "stop", request.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _pipeline(load: object, *, delay_s: float, wait_s: float) -> Pipeline:
+    settings = Settings(database_url="postgresql://unused/x", redis_url=None, rpm=100_000)
+    metrics = Metrics()
+    return Pipeline(
+        provider=SlowProvider(delay_s),
+        governor=await build_governor(settings, None, metrics=metrics),
+        singleflight=SingleFlight(MemoryCache(3600, metrics=metrics), None, metrics=metrics),
+        retry=RetryPolicy.from_settings(settings),
+        config=PipelineConfig(min_words=10),
+        metrics=metrics,
+        budget=BudgetLedger(MemoryLedger(), load, wait_s=wait_s, metrics=metrics),  # type: ignore[arg-type]
+    )
+
+
+def _job(i: int, batch_id: uuid.UUID) -> ClaimedJob:
+    return ClaimedJob(i, batch_id, 1, {"keyword": f"keyword {i}"}, 0, 0, False)
+
+
+PLAN = BatchPlan(1, validate_options({"model": "gpt-4o"}), PromptTemplate.default())
+
+
+async def test_a_cap_held_by_calls_in_flight_snoozes_instead_of_cancelling() -> None:
+    async def seed(batch_id: uuid.UUID) -> BudgetSeed:
+        return BudgetSeed(Decimal("0.05"), Decimal(0))  # room for ~3 worst cases at once
+
+    pipeline = await _pipeline(seed, delay_s=0.3, wait_s=0.1)
+    batch_id = uuid.uuid4()
+    outcomes = await asyncio.gather(*(pipeline.run(_job(i, batch_id), PLAN) for i in range(10)))
+    kinds = {type(o).__name__ for o in outcomes}
+    assert kinds <= {"DoneRow", "RetryRow"}  # nobody cancelled while money was left
+    for outcome in outcomes:
+        if isinstance(outcome, RetryRow):
+            assert (outcome.error_kind, outcome.burnt) == ("budget_wait", 0)
+    assert any(isinstance(o, DoneRow) for o in outcomes)
+
+
+async def test_a_database_blip_is_a_retry_without_an_attempt() -> None:
+    async def down(batch_id: uuid.UUID) -> BudgetSeed:
+        raise StorageError("reading the batch budget failed: connection refused")
+
+    pipeline = await _pipeline(down, delay_s=0, wait_s=1)
+    outcome = await pipeline.run(_job(1, uuid.uuid4()), PLAN)
+    assert isinstance(outcome, RetryRow)
+    assert (outcome.error_kind, outcome.burnt) == ("storage", 0)

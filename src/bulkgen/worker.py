@@ -24,7 +24,7 @@ import signal
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
@@ -101,6 +101,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before the claim: a hint arriving during it is kept
             free = self._capacity() - len(self._inflight)
             claimed: list[ClaimedJob] = []
             if free > 0 and self.pipeline.allows_claim():
@@ -113,7 +114,7 @@ class Worker:
             for job in claimed:
                 await self._start(job)
             if claimed and len(claimed) == free:
-                await self._wait_for_slot()
+                await self._wait(timeout_s=None)  # full: until a job ends or a stop
                 continue
             if (
                 self.config.burst
@@ -122,7 +123,7 @@ class Worker:
                 and (await self._queue_is_empty())
             ):
                 return
-            await self._wait_for_work()
+            await self._wait(timeout_s=self.config.poll_s)
 
     def _capacity(self) -> int:
         """A user-set cap wins; otherwise as many jobs as the limiter can keep busy, plus a
@@ -138,20 +139,15 @@ class Worker:
         except StorageError:
             return False
 
-    async def _wait_for_slot(self) -> None:
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
-
-    async def _wait_for_work(self) -> None:
-        """Until a notification, a finished job, a stop, or the poll interval."""
-        self._wake.clear()
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
-        waiters |= set(self._inflight)
-        _, pending = await asyncio.wait(
-            waiters, timeout=self.config.poll_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        for fut in pending - set(self._inflight):
-            fut.cancel()
+    async def _wait(self, *, timeout_s: float | None) -> None:
+        """Until a job ends, a notification or a stop arrives, or the timeout passes."""
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait(
+                {wake, *self._inflight}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            wake.cancel()
 
     async def _start(self, job: ClaimedJob) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"bulkgen-job-{job.id}")

@@ -21,7 +21,7 @@ from bulkgen import logs
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
-from bulkgen.errors import BulkgenError, ConfigError
+from bulkgen.errors import BulkgenError, ConfigError, InputError
 from bulkgen.intake import load_file, validate_options
 from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
 from bulkgen.service import Services, services
@@ -111,7 +111,9 @@ def db_prune(
     """Delete finished batches (jobs and results too) older than the cutoff."""
 
     async def body() -> tuple[int, int]:
-        async with services(_settings(data_dir), need_provider=False) as svc:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
             return await prune_batches(svc.store, older_than_days=older_than_days)
 
     batches, jobs = _run(body())
@@ -145,11 +147,11 @@ def submit(
         "max_tokens": max_tokens,
         "temperature": temperature,
     }
-    if template is not None:
-        raw["template"] = template.read_text(encoding="utf-8")
     budget = _budget(budget_usd)
 
     async def body() -> None:
+        if template is not None:
+            raw["template"] = _read_text(template, "template")
         options = validate_options({k: v for k, v in raw.items() if v is not None})
         rows = load_file(file)
         async with services(_settings(data_dir), need_provider=False) as svc:
@@ -161,6 +163,13 @@ def submit(
                 await _print_status(svc, batch_id, as_json=False)
 
     _run(body())
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the {what} {path}: {exc}") from exc
 
 
 def _budget(text: str | None) -> Decimal | None:
@@ -198,7 +207,9 @@ def status(batch: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> N
     batch_id = _batch_id(batch)
 
     async def body() -> None:
-        async with services(_settings(data_dir), need_provider=False) as svc:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
             await _print_status(svc, batch_id, as_json=as_json)
 
     _run(body())
@@ -257,7 +268,9 @@ def results(
     batch_id = _batch_id(batch)
 
     async def body() -> int:
-        async with services(_settings(data_dir), need_provider=False) as svc:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
             if await svc.store.batch_get(batch_id) is None:
                 raise ConfigError(f"no batch {batch_id}")
             rows = [row async for row in svc.store.results_iter(batch_id)]

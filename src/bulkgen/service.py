@@ -171,6 +171,7 @@ async def open_services(
     *,
     provider: Provider | None = None,
     need_provider: bool = True,
+    apply_migrations: bool = True,
     metrics: Metrics | None = None,
 ) -> Services:
     """Build everything; the caller must ``await services.aclose()`` (or use ``services()``)."""
@@ -185,7 +186,8 @@ async def open_services(
             command_timeout_s=settings.db_command_timeout_s,
         )
         stack.push_async_callback(pool.close)
-        await migrate(pool)
+        if apply_migrations:  # read-only commands never write DDL where they point
+            await migrate(pool)
         redis = None
         if settings.redis_url:
             redis = _redis_client(settings)

@@ -86,3 +86,20 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(database_url: str, tmp_pa
     assert "Traceback" not in result.stderr
     missing = _bulkgen("status", "not-a-uuid", env=_env(database_url))
     assert missing.returncode == 2 and "not a batch id" in missing.stderr
+
+
+def test_bad_settings_and_paths_are_clear_errors(database_url: str, tmp_path: Path) -> None:
+    keywords = tmp_path / "k.csv"
+    keywords.write_text("keyword\nalpha\n")
+    missing = _bulkgen(
+        "submit", str(keywords), "--template", str(tmp_path / "nope.j2"), env=_env(database_url)
+    )
+    assert missing.returncode == 1 and "cannot read the template" in missing.stderr
+    no_batch = "00000000-0000-0000-0000-000000000000"
+    bad_redis = _bulkgen("status", no_batch, env=_env(database_url, REDIS_URL="redis//oops"))
+    assert bad_redis.returncode == 2 and "REDIS_URL" in bad_redis.stderr
+    slow_heartbeat = _env(database_url, BULKGEN_HEARTBEAT_S="90", BULKGEN_LEASE_S="60")
+    lease = _bulkgen("worker", "--burst", env=slow_heartbeat)
+    assert lease.returncode == 2 and "BULKGEN_HEARTBEAT_S" in lease.stderr
+    for result in (missing, bad_redis, lease):
+        assert "Traceback" not in result.stderr

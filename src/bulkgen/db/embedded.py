@@ -25,7 +25,10 @@ def default_data_dir() -> Path:
 
 
 def _start_sync(data_dir: Path) -> str:
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the data folder {data_dir.parent}: {exc}") from exc
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI): harmless.
         warnings.simplefilter("ignore")

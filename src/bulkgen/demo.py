@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from importlib import resources
@@ -89,38 +90,43 @@ async def _simulator_stats(base_url: str) -> dict[str, object]:
         return data
 
 
+@contextlib.asynccontextmanager
+async def _peak_connections(svc: Services) -> AsyncIterator[list[int]]:
+    """Sample the pool's connections, as PostgreSQL sees them, while the block runs."""
+    peak = [0]
+    sampler = asyncio.create_task(_sample_connections(svc, peak))
+    try:
+        yield peak
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+
+
 async def run_demo(settings: Settings, *, jobs: int, console: Console, show: bool) -> DemoReport:
     async with SimulatorProcess(DEMO_SIMULATOR) as sim:
         provider = OpenAICompatProvider(
             sim.base_url, SIMULATOR_API_KEY, timeout_s=settings.provider_timeout_s
         )
         metrics = Metrics()
-        async with services(settings, provider=provider, metrics=metrics) as svc:
-            rows = demo_keywords(jobs)
-            batch_id = await svc.submit(rows, BatchOptions(model="gpt-4o"), account="demo")
-            peak = [0]
-            sampler = asyncio.create_task(_sample_connections(svc, peak))
-            started = time.monotonic()
-            progress = (
-                batch_progress(svc.store, batch_id, len(rows), console)
-                if show
-                else contextlib.nullcontext()
-            )
-            async with progress:
-                await svc.worker(burst=True).run(install_signals=True)
-            wall_s = time.monotonic() - started
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-            counts = {c.status: c for c in await svc.store.batch_counts(batch_id)}
-            empty_done = await svc.store.pool.fetchval(
-                "SELECT count(*) FROM jobs j LEFT JOIN results r ON r.job_id = j.id"
-                " WHERE j.batch_id = $1 AND j.status = 'done'"
-                " AND (r.content IS NULL OR btrim(r.content) = '')",
-                batch_id,
-            )
-            usage = await svc.store.batch_usage(batch_id, svc.prices)
-        await provider.aclose()
+        try:
+            async with services(settings, provider=provider, metrics=metrics) as svc:
+                rows = demo_keywords(jobs)
+                batch_id = await svc.submit(rows, BatchOptions(model="gpt-4o"), account="demo")
+                started = time.monotonic()
+                progress = (
+                    batch_progress(svc.store, batch_id, len(rows), console)
+                    if show
+                    else contextlib.nullcontext()
+                )
+                async with _peak_connections(svc) as peak, progress:
+                    await svc.worker(burst=True).run(install_signals=True)
+                wall_s = time.monotonic() - started
+                counts = {c.status: c for c in await svc.store.batch_counts(batch_id)}
+                empty_done = await svc.store.batch_empty_done(batch_id)
+                usage = await svc.store.batch_usage(batch_id, svc.prices)
+        finally:
+            await provider.aclose()
         stats = await _simulator_stats(sim.base_url)
 
     def n(status: str) -> int:

@@ -45,6 +45,13 @@ FROM jobs WHERE batch_id = $1
 GROUP BY status
 """
 
+# The post-mortem's silent failure, counted: done jobs without a non-empty result (the
+# schema makes this impossible; the demo shows the count to prove it).
+BATCH_EMPTY_DONE = """
+SELECT count(*) FROM jobs j LEFT JOIN results r ON r.job_id = j.id
+WHERE j.batch_id = $1 AND j.status = 'done' AND (r.content IS NULL OR btrim(r.content) = '')
+"""
+
 BATCH_ERRORS = """
 SELECT error_kind, count(*) AS jobs, min(error_message) AS example
 FROM jobs WHERE batch_id = $1 AND status IN ('failed', 'cancelled') AND error_kind IS NOT NULL

@@ -146,6 +146,11 @@ class Store:
             rows = await self.pool.fetch(q.BATCH_COUNTS, batch_id)
         return [StatusCount(**dict(r)) for r in rows]
 
+    async def batch_empty_done(self, batch_id: uuid.UUID) -> int:
+        async with translate_errors("counting empty results"):
+            count: int = await self.pool.fetchval(q.BATCH_EMPTY_DONE, batch_id)
+        return count
+
     async def batch_errors(self, batch_id: uuid.UUID) -> list[tuple[str, int, str]]:
         async with translate_errors("reading batch errors"):
             rows = await self.pool.fetch(q.BATCH_ERRORS, batch_id)

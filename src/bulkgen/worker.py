@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
@@ -191,7 +191,7 @@ class Worker:
         except Exception as exc:  # a bug must fail the job loudly, not strand it
             logger.exception("job.crashed", extra={"job_id": job.id})
             outcome = FailedRow(job.id, "failed", 1, "internal", f"{type(exc).__name__}: {exc}")
-        if not await self.writer.write(outcome):
+        if not await self.writer.write(replace(outcome, claim=job.claims)):
             # Another worker took the job over after our lease lapsed; its result wins.
             self.metrics.inc("jobs.fenced_out")
             logger.warning("job.fenced_out", extra={"job_id": job.id})

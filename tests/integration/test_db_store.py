@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -218,3 +219,24 @@ async def test_small_account_is_served_next_to_a_busy_one(store: Store) -> None:
         served.append(job.account_id)
     small_id = await store.account_ensure("small")
     assert served == [small_id] * 3
+
+
+async def test_a_late_outcome_never_lands_on_a_newer_claim(store: Store) -> None:
+    """Same worker, same job, claimed twice: the first claim's outcome is refused."""
+    await _batch(store, "acme", 1)
+    owner = uuid.uuid4()
+    (first,) = await store.jobs_claim(owner, 1, 60)
+    retry = RetryRow(first.id, 0.0, 1, 0, True, "truncated", "cut", claim=first.claims)
+    assert await store.jobs_finish_retry(owner, [retry]) == {first.id}
+    (second,) = await store.jobs_claim(owner, 1, 60)
+    assert second.claims == first.claims + 1
+    # The first claim's outcome arrives again (an ambiguous commit retried): refused.
+    assert await store.jobs_finish_retry(owner, [retry]) == set()
+    late = FailedRow(first.id, "failed", 1, "server_error", "503", claim=first.claims)
+    assert await store.jobs_finish_failed(owner, [late]) == set()
+    stale_done = replace(_done(first.id), claim=first.claims)
+    assert await store.jobs_finish_done(owner, [stale_done]) == set()
+    fresh = replace(_done(second.id), claim=second.claims)
+    assert await store.jobs_finish_done(owner, [fresh]) == {second.id}
+    row = await store.pool.fetchrow("SELECT status, attempts FROM jobs")
+    assert (row["status"], row["attempts"]) == ("done", 2)

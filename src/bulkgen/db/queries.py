@@ -109,10 +109,11 @@ chosen AS (
     SELECT id FROM locked ORDER BY rank, running, id LIMIT $2
 )
 UPDATE jobs j
-SET status = 'generating', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
+SET status = 'generating', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3),
+    claims = j.claims + 1
 FROM chosen WHERE j.id = chosen.id
 RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms,
-          j.max_tokens_grown
+          j.max_tokens_grown, j.claims
 """
 
 JOBS_PENDING_COUNT = """
@@ -175,9 +176,9 @@ JOBS_FINISH_DONE = """
 WITH d AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
                          $7::text[], $8::text[], $9::bool[], $10::int[], $11::int[],
-                         $12::text[])
+                         $12::text[], $13::int[])
         AS t(job_id, content, html, title, word_count, finish_reason, model, cached,
-             prompt_tokens, completion_tokens, cache_key)
+             prompt_tokens, completion_tokens, cache_key, claim)
 ),
 fin AS (
     UPDATE jobs j
@@ -187,6 +188,7 @@ fin AS (
         cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
     FROM d
     WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+      AND (d.claim IS NULL OR j.claims = d.claim)
     RETURNING j.id
 )
 INSERT INTO results (job_id, content, html, title, word_count, finish_reason, model)
@@ -206,11 +208,13 @@ SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END
     max_tokens_grown = j.max_tokens_grown OR d.grow,
     error_kind = CASE WHEN b.cancelled_at IS NULL THEN d.error_kind ELSE b.cancel_reason END,
     error_message = d.error_message
-FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::text[], $8::text[])
-    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message),
+FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::text[], $8::text[],
+            $9::int[])
+    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message, claim),
     batches b
 WHERE j.id = d.job_id AND b.id = j.batch_id
   AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+  AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
 """
 
@@ -220,9 +224,12 @@ SET status = d.status, lease_owner = NULL, lease_expires_at = NULL, finished_at 
     attempts = j.attempts + d.burnt, error_kind = d.error_kind, error_message = d.error_message,
     prompt_tokens = coalesce(d.prompt_tokens, j.prompt_tokens),
     completion_tokens = coalesce(d.completion_tokens, j.completion_tokens)
-FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::int[])
-    AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens)
+FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::int[],
+            $9::int[])
+    AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens,
+         claim)
 WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+  AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
 """
 

@@ -30,6 +30,7 @@ class ClaimedJob:
     attempts: int
     rate_limited_ms: int
     max_tokens_grown: bool
+    claims: int = 0  # which claim of this job this is; outcomes are fenced on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class DoneRow:
     prompt_tokens: int
     completion_tokens: int
     cache_key: str | None
+    claim: int | None = None  # the claim it finishes (None: owner fence only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class RetryRow:
     grow_max_tokens: bool
     error_kind: str
     error_message: str
+    claim: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ class FailedRow:
     error_message: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    claim: int | None = None
 
 
 class Store:
@@ -227,6 +231,7 @@ class Store:
                         r.grow_max_tokens,
                         r.error_kind,
                         pg_text(r.error_message[:2000]),
+                        r.claim,
                     )
                     for r in rows
                 ],
@@ -251,6 +256,7 @@ class Store:
                         pg_text(r.error_message[:2000]),
                         r.prompt_tokens,
                         r.completion_tokens,
+                        r.claim,
                     )
                     for r in rows
                 ],
@@ -329,6 +335,7 @@ def _done_tuple(r: DoneRow) -> tuple[object, ...]:
         r.prompt_tokens,
         r.completion_tokens,
         r.cache_key,
+        r.claim,
     )
 
 

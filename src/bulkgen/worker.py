@@ -116,6 +116,8 @@ class Worker:
             if claimed and len(claimed) == free:
                 await self._wait(timeout_s=None)  # full: until a job ends or a stop
                 continue
+            if claimed:
+                continue  # a short claim (fair shares, contention): there may be more
             if (
                 self.config.burst
                 and not self._inflight

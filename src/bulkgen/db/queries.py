@@ -68,9 +68,11 @@ WHERE batch_id = (SELECT id FROM b) AND status = 'queued'
 """
 
 # Fair claim. Distinct accounts with queued work are found by a skip scan over the claim
-# index (cost grows with accounts, not with the backlog). Each account offers at most its
-# free quota, locking its own oldest rows with SKIP LOCKED (so concurrent claimers take
-# different rows instead of racing for the same candidates), and the offers are
+# index (cost grows with accounts, not with the backlog). Each account offers a fair share
+# of the claim (capped by its free quota), locking its own oldest rows with SKIP LOCKED (so
+# concurrent claimers take different rows instead of racing for the same candidates); a
+# claim may come back short when some accounts have little queued, and the worker then
+# simply claims again. The offers are
 # interleaved round-robin: rank within the account first, then the account with the fewest
 # jobs running, so a small account is served next to a large one at once. The quota is a
 # soft cap: concurrent claims may overshoot it by what they take at the same moment.
@@ -85,7 +87,10 @@ WITH RECURSIVE active(account_id) AS (
 ),
 offer AS (
     SELECT a.account_id, r.running,
-           greatest(0, least($2::int, acc.concurrency_quota - r.running))::int AS slots
+           greatest(0, least(
+               -- a fair share of this claim, so locks stay near $2 however many accounts
+               ceil($2::numeric / (SELECT count(account_id) FROM active))::int + 1,
+               acc.concurrency_quota - r.running))::int AS slots
     FROM active a
     JOIN accounts acc ON acc.id = a.account_id
     CROSS JOIN LATERAL (

@@ -147,8 +147,7 @@ class Pipeline:
         except BudgetExceeded as exc:
             return self._over_budget(job, exc)
         except BudgetContended as exc:  # the rest of the cap is held by calls in flight
-            self.metrics.inc("jobs.snoozed", error_kind="budget_wait")
-            return RetryRow(job.id, BUDGET_RETRY_S, 0, 0, False, "budget_wait", str(exc))
+            return self._budget_wait(job, exc)
         except StorageError as exc:  # a database blip is not the job's fault
             return RetryRow(job.id, STORAGE_RETRY_S, 0, 0, False, "storage", str(exc))
         except BulkgenError as exc:
@@ -214,6 +213,17 @@ class Pipeline:
         except BulkgenError:
             return False
         return True
+
+    def _budget_wait(self, job: ClaimedJob, exc: BudgetContended) -> Outcome:
+        """Snooze without an attempt, like a rate-limit wait and bounded by the same total:
+        money held by a call that never settles (its worker died) must not keep the rest of
+        the batch waiting forever."""
+        waited_s = job.rate_limited_ms / 1000
+        if waited_s + BUDGET_RETRY_S > self.retry.rate_limit_max_wait_s:
+            return self._over_budget(job, BudgetExceeded(f"{exc}; waited {waited_s:.0f} s"))
+        self.metrics.inc("jobs.snoozed", error_kind="budget_wait")
+        waited_ms = int(BUDGET_RETRY_S * 1000)
+        return RetryRow(job.id, BUDGET_RETRY_S, 0, waited_ms, False, "budget_wait", str(exc))
 
     def _over_budget(self, job: ClaimedJob, exc: BudgetExceeded) -> Outcome:
         """Not sent, so no attempt is burnt; ``cancelled`` says the job itself was fine."""

@@ -9,7 +9,7 @@ from decimal import Decimal
 from bulkgen.accounting import BudgetSeed
 from bulkgen.budget import BudgetLedger, MemoryLedger
 from bulkgen.cache import MemoryCache, SingleFlight
-from bulkgen.db.store import ClaimedJob, DoneRow, RetryRow
+from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow
 from bulkgen.errors import StorageError
 from bulkgen.intake import validate_options
 from bulkgen.limits import build_governor
@@ -70,6 +70,26 @@ async def test_a_cap_held_by_calls_in_flight_snoozes_instead_of_cancelling() -> 
         if isinstance(outcome, RetryRow):
             assert (outcome.error_kind, outcome.burnt) == ("budget_wait", 0)
     assert any(isinstance(o, DoneRow) for o in outcomes)
+
+
+async def test_budget_waits_are_bounded_like_rate_limit_waits() -> None:
+    async def seed(batch_id: uuid.UUID) -> BudgetSeed:
+        return BudgetSeed(Decimal("0.02"), Decimal(0))  # one worst case at a time
+
+    pipeline = await _pipeline(seed, delay_s=0.3, wait_s=0.05)
+    batch_id = uuid.uuid4()
+    # This job already waited out almost the whole allowance (600 s by default).
+    tired = ClaimedJob(2, batch_id, 1, {"keyword": "k"}, 0, 598_000, False)
+    holder = asyncio.ensure_future(pipeline.run(_job(1, batch_id), PLAN))
+    await asyncio.sleep(0.05)  # let the first call take the budget
+    outcome = await pipeline.run(tired, PLAN)
+    await holder
+    assert isinstance(outcome, FailedRow)
+    assert (outcome.status, outcome.error_kind, outcome.burnt) == (
+        "cancelled",
+        "budget_exceeded",
+        0,
+    )
 
 
 async def test_a_database_blip_is_a_retry_without_an_attempt() -> None:

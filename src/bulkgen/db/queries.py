@@ -10,10 +10,6 @@ ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
 RETURNING id
 """
 
-ACCOUNT_GET_BY_KEY_HASH = "SELECT id, name FROM accounts WHERE api_key_hash = $1"
-
-ACCOUNT_SET_KEY_HASH = "UPDATE accounts SET api_key_hash = $2 WHERE id = $1"
-
 BATCH_INSERT = """
 INSERT INTO batches (id, account_id, options, template, template_version, total, budget_usd)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -126,8 +122,6 @@ SELECT count(*) FROM jobs
 WHERE status IN ('queued', 'generating', 'formatting')
   AND ($1::uuid IS NULL OR batch_id = $1)
 """
-
-JOBS_NEXT_RUN_AFTER = "SELECT min(run_after) - now() FROM jobs WHERE status = 'queued'"
 
 WORKER_REGISTER = """
 INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)

@@ -27,7 +27,11 @@ class LimitKey:
 
 
 def api_key_id(secret: str) -> str:
-    """The short identifier of an API key; the secret itself never reaches Redis or logs."""
+    """A short, stable, non-reversible id of an API key (sha256 hex, first 12 characters).
+
+    Rate-limit buckets, cache scopes and logs are keyed on this id, so the secret itself
+    never leaves the provider object: not into Redis, not into a log line.
+    """
     return hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 

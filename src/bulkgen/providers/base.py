@@ -8,21 +8,12 @@ their library's errors into :mod:`bulkgen.errors` at their own boundary.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol, runtime_checkable
 
+from bulkgen.limits.keys import api_key_id  # one definition: the limiter keys on it too
 from bulkgen.models import ChatRequest, Completion
 
 __all__ = ["Provider", "api_key_id"]
-
-
-def api_key_id(api_key: str) -> str:
-    """A short, stable, non-reversible id of an API key (sha256 hex, first 12 characters).
-
-    Rate-limit buckets, cache scopes and logs are keyed on this id, so the secret itself
-    never leaves the provider object: not into Redis, not into a log line.
-    """
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:12]
 
 
 @runtime_checkable

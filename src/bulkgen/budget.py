@@ -48,13 +48,12 @@ from typing import Literal, Protocol
 from redis.asyncio import Redis
 
 from bulkgen.accounting import BudgetSeed
-from bulkgen.cache import RedisGuard
-from bulkgen.cache.guard import BYPASSED
 from bulkgen.errors import BudgetContended, BudgetExceeded
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import Usage
 from bulkgen.pricing import PriceTable, default_price_table
+from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 __all__ = [
     "KEY_PREFIX",
@@ -202,7 +201,9 @@ class RedisLedger:
         self.fallback = MemoryLedger()
         self._calls = asyncio.Semaphore(max_calls)
         self._ttl_ms = ttl_s * 1000
-        self._guard = guard or RedisGuard(timeout_ms=REDIS_TIMEOUT_MS, metrics=metrics)
+        self._guard = guard or RedisGuard(
+            timeout_ms=REDIS_TIMEOUT_MS, metrics=metrics, metric="budget.redis_bypassed"
+        )
         self._metrics = metrics
         self._degraded: set[uuid.UUID] = set()
 

@@ -15,7 +15,7 @@ from bulkgen.cache import (
     SingleFlight,
     build_cache,
 )
-from bulkgen.cache.guard import BYPASSED
+from bulkgen.redis_guard import BYPASSED
 from bulkgen.errors import ProviderUnavailable
 from bulkgen.metrics import Metrics
 from bulkgen.models import Usage

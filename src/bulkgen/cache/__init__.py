@@ -7,12 +7,12 @@ slow or dead Redis degrades to misses, never to failed jobs), ``singleflight`` a
 """
 
 from bulkgen.cache.factory import build_cache
-from bulkgen.cache.guard import BypassPolicy, RedisGuard
 from bulkgen.cache.keys import KEY_PREFIX, cache_key, cache_scope, canonical_json
 from bulkgen.cache.memory import MemoryCache, NullCache
 from bulkgen.cache.redis_cache import RedisCache
 from bulkgen.cache.result import CachedResult, ResultCache
 from bulkgen.cache.singleflight import SingleFlight, Source
+from bulkgen.redis_guard import BypassPolicy, RedisGuard
 
 __all__ = [
     "KEY_PREFIX",

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from bulkgen.cache.guard import RedisGuard
 from bulkgen.cache.memory import MemoryCache, NullCache
 from bulkgen.cache.redis_cache import RedisCache
 from bulkgen.cache.result import ResultCache
 from bulkgen.cache.singleflight import SingleFlight
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.redis_guard import RedisGuard
 from bulkgen.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """The fleet-wide result cache: one Redis string per key, expiring after ``ttl_s``.
 
-Every call goes through a :class:`~bulkgen.cache.guard.RedisGuard`, so a slow or dead
+Every call goes through a :class:`~bulkgen.redis_guard.RedisGuard`, so a slow or dead
 Redis turns into misses within ``timeout_ms`` instead of failed jobs.
 """
 
@@ -10,11 +10,11 @@ import logging
 
 from redis.asyncio import Redis
 
-from bulkgen.cache.guard import BYPASSED, RedisGuard
 from bulkgen.cache.memory import refuse_empty
 from bulkgen.cache.result import CachedResult, decode, encode
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 logger = logging.getLogger("bulkgen.cache")
 

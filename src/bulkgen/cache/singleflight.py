@@ -33,11 +33,11 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from bulkgen.cache.guard import BYPASSED, RedisGuard
 from bulkgen.cache.keys import lock_key
 from bulkgen.cache.result import CachedResult, ResultCache
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 Source = Literal["cache", "shared", "provider"]
 Produce = Callable[[], Awaitable[CachedResult]]

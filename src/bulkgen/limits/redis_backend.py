@@ -8,22 +8,20 @@ worker that crashes while holding one leaks nothing past the lease TTL.
 
 Degrading: Redis is an accelerator of fairness, never a reason to fail a job. Any Redis
 error or timeout turns that one call into a call on the in-process backend, logs
-``limiter.redis_unavailable`` and counts ``limiter.redis_fallback``; Redis is then left
-alone for ``retry_s`` so a dead server costs one timeout per second, not one per request.
+``limiter.redis_unavailable`` (rate-limited) and counts ``limiter.redis_fallback``; Redis is
+then left alone for ``retry_s`` so a dead server costs one timeout per second, not one per
+request. The timeout and back-off are the shared :class:`bulkgen.redis_guard.RedisGuard`.
 While degraded each process budgets alone (the fleet may briefly exceed the limit; the
 provider's 429s, handled locally, bound the damage).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from bulkgen.limits.backend import (
@@ -35,6 +33,7 @@ from bulkgen.limits.backend import (
 )
 from bulkgen.limits.keys import LimitKey, redis_keys
 from bulkgen.metrics import Metrics
+from bulkgen.redis_guard import BYPASSED, BypassPolicy, RedisGuard
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -159,9 +158,14 @@ class RedisBackend:
         self._fallback = fallback
         self._clock = clock
         self._metrics = metrics
-        self._timeout_s = timeout_s
-        self._retry_s = retry_s
-        self._skip_until_s = -math.inf
+        self._redis_guard = RedisGuard(
+            timeout_ms=int(timeout_s * 1000),
+            metrics=metrics,
+            policy=BypassPolicy(backoff_s=retry_s),
+            clock=clock,
+            metric="limiter.redis_fallback",
+            event="limiter.redis_unavailable",
+        )
         self._admit = redis.register_script(ADMIT_LUA)
         self._adjust = redis.register_script(ADJUST_LUA)
         self._pause = redis.register_script(PAUSE_LUA)
@@ -170,20 +174,10 @@ class RedisBackend:
         self, op: str, key: LimitKey, call: Callable[[], Awaitable[T]]
     ) -> tuple[bool, T | None]:
         """Run one Redis call; ``(False, None)`` means "use the fallback", never an error."""
-        if self._clock() < self._skip_until_s:
-            self._metrics.inc("limiter.redis_fallback", model=key.model, op=op)
+        reply = await self._redis_guard.call(f"{op}:{key.model}", call)
+        if reply is BYPASSED:
             return False, None
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return True, await call()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._skip_until_s = self._clock() + self._retry_s
-            self._metrics.inc("limiter.redis_fallback", model=key.model, op=op)
-            logger.warning(
-                "limiter.redis_unavailable",
-                extra={"op": op, "model": key.model, "error": repr(exc)[:200]},
-            )
-            return False, None
+        return True, reply
 
     async def acquire(self, key: LimitKey, request: AdmissionRequest) -> AdmissionResult:
         k = redis_keys(key)

@@ -1,12 +1,15 @@
-"""Degrade, don't fail: every cache call to Redis is bounded, and a sick Redis is skipped.
+"""Degrade, don't fail: every call to Redis is bounded, and a sick Redis is skipped.
 
-The cache only saves money; it must never cost a job. So each Redis call runs under
+Redis only makes bulkgen cheaper and fleet-wide (cache, single-flight, budget ledger,
+rate limits); it must never cost a job. So each Redis call runs under
 ``asyncio.timeout(timeout_ms)`` and any Redis, socket or timeout error turns into a
 *bypass* (a miss for ``get``, a no-op for ``put`` and the single-flight lock). After a
 failure, :class:`BypassPolicy` keeps us away from Redis for ``backoff_s`` so a dead Redis
 costs one timeout per back-off window, not one per job, and the warning it logs is
-rate-limited so 10,000 jobs do not write 10,000 lines. Every bypass is counted as
-``cache.bypassed`` (labels ``op`` and ``reason``: ``error`` or ``backoff``).
+rate-limited so 10,000 jobs do not write 10,000 lines. Every bypass is counted under the
+guard's metric (``cache.bypassed`` by default; labels ``op`` and ``reason``: ``error`` or
+``backoff``), and the warning is logged as the guard's event. Each user (cache, budget,
+limiter) has its own guard, with its own timeout, over this one implementation.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from redis.exceptions import RedisError
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 
-logger = logging.getLogger("bulkgen.cache")
+logger = logging.getLogger("bulkgen.redis")
 
 T = TypeVar("T")
 
@@ -78,8 +81,12 @@ class RedisGuard:
         metrics: Metrics = default_metrics,
         policy: BypassPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metric: str = "cache.bypassed",
+        event: str | None = None,
     ) -> None:
         self.timeout_s = timeout_ms / 1000
+        self.metric = metric
+        self.event = event or metric
         self.policy = policy or BypassPolicy()
         self._metrics = metrics
         self._clock = clock
@@ -94,7 +101,7 @@ class RedisGuard:
         than one bounded try - a skipped unlock makes every identical request wait.
         """
         if not force and not self.policy.allows(self._clock()):
-            self._metrics.inc("cache.bypassed", op=op, reason="backoff")
+            self._metrics.inc(self.metric, op=op, reason="backoff")
             return BYPASSED
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -106,11 +113,11 @@ class RedisGuard:
         return result
 
     def _record_failure(self, op: str, exc: BaseException) -> None:
-        self._metrics.inc("cache.bypassed", op=op, reason="error")
+        self._metrics.inc(self.metric, op=op, reason="error")
         if self.policy.failed(self._clock()):
             suppressed, self.policy.suppressed = self.policy.suppressed, 0
             logger.warning(
-                "cache.bypassed",
+                self.event,
                 extra={
                     "op": op,
                     "error": repr(exc),

@@ -17,7 +17,6 @@ provider's 429s, handled locally, bound the damage).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -35,7 +34,6 @@ from bulkgen.limits.keys import LimitKey, redis_keys
 from bulkgen.metrics import Metrics
 from bulkgen.redis_guard import BYPASSED, BypassPolicy, RedisGuard
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LEARNED_TTL_MS = 3_600_000

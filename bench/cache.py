@@ -35,7 +35,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import redis.asyncio as aioredis
 
 from bulkgen.cache import CachedResult, SingleFlight, Source
@@ -44,6 +43,7 @@ from bulkgen.metrics import Metrics
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.simulator.control import sim_stats
 
 SIM = SimConfig(rpm=None, tpm=None, ttft_ms=0, tokens_per_s=0, seed=5)
 OPTIONS = BatchOptions(model="gpt-4o", max_tokens=400, target_words=150)
@@ -99,9 +99,7 @@ def pct_ms(values: list[float], q: float) -> float:
 
 
 async def provider_requests(base_url: str) -> int:
-    async with httpx.AsyncClient() as client:
-        stats = (await client.get(base_url.removesuffix("/v1") + "/_sim/stats")).json()
-    return int(stats["requests"])
+    return int((await sim_stats(base_url))["requests"])
 
 
 async def one_run(

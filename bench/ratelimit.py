@@ -45,6 +45,7 @@ from bulkgen.prompts import PromptTemplate
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.simulator.control import sim_stats
 from bulkgen.simulator.tokens import prompt_tokens
 
 API_KEY = "sk-bench"
@@ -122,14 +123,6 @@ def _with(**changes: Any) -> SimConfig:
 
 
 # ----------------------------------------------------------------- measuring
-
-
-async def sim_stats(base_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(base_url.removesuffix("/v1") + "/_sim/stats")
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
 
 
 async def first_request_epoch_s(base_url: str, stop: asyncio.Event) -> float:

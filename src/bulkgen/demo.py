@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from importlib import resources
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -27,6 +26,7 @@ from bulkgen.providers import OpenAICompatProvider
 from bulkgen.service import SIMULATOR_API_KEY, Services, services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.simulator.control import sim_stats
 
 DEMO_SIMULATOR = SimConfig(
     rpm=500,
@@ -82,14 +82,6 @@ async def _sample_connections(svc: Services, peak: list[int]) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _simulator_stats(base_url: str) -> dict[str, object]:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(base_url.removesuffix("/v1") + "/_sim/stats")
-        response.raise_for_status()
-        data: dict[str, object] = response.json()
-        return data
-
-
 @contextlib.asynccontextmanager
 async def _peak_connections(svc: Services) -> AsyncIterator[list[int]]:
     """Sample the pool's connections, as PostgreSQL sees them, while the block runs."""
@@ -127,7 +119,7 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
                 usage = await svc.store.batch_usage(batch_id, svc.prices)
         finally:
             await provider.aclose()
-        stats = await _simulator_stats(sim.base_url)
+        stats = await sim_stats(sim.base_url)
 
     def n(status: str) -> int:
         return counts[status].jobs if status in counts else 0
@@ -141,7 +133,7 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
         cancelled=n("cancelled"),
         empty_done=int(empty_done),
         wall_s=round(wall_s, 2),
-        provider_requests=int(stats.get("requests", 0)),  # type: ignore[call-overload]
+        provider_requests=int(stats.get("requests", 0)),
         provider_429s=sum(rejected.values()) if isinstance(rejected, dict) else 0,
         retries=int(metrics.total("jobs.retried") + metrics.total("jobs.snoozed")),
         prompt_tokens=sum(c.prompt_tokens for c in counts.values()),

@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from decimal import Decimal
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -15,6 +14,7 @@ from bulkgen.budget import KEY_PREFIX
 from bulkgen.intake import BatchOptions, JobInput
 from bulkgen.service import Services
 from bulkgen.simulator import SimConfig, running_simulator
+from bulkgen.simulator.control import sim_stats
 
 from .pipeline_support import make_settings, start, statuses
 
@@ -27,9 +27,7 @@ JOBS = 40
 
 
 async def provider_requests(base_url: str) -> int:
-    async with httpx.AsyncClient() as client:
-        stats = (await client.get(base_url.removesuffix("/v1") + "/_sim/stats")).json()
-    return int(stats["requests"])
+    return int((await sim_stats(base_url))["requests"])
 
 
 async def submit(svc: Services) -> uuid.UUID:

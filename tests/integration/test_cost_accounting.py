@@ -11,7 +11,6 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -22,6 +21,7 @@ from bulkgen.models import Usage
 from bulkgen.pricing import default_price_table
 from bulkgen.service import Services
 from bulkgen.simulator import SimConfig, running_simulator
+from bulkgen.simulator.control import sim_stats
 
 from .pipeline_support import make_settings, start
 
@@ -40,9 +40,7 @@ def rows_with_duplicates(distinct: int, duplicates: int) -> list[JobInput]:
 
 
 async def provider_requests(base_url: str) -> int:
-    async with httpx.AsyncClient() as client:
-        stats = (await client.get(base_url.removesuffix("/v1") + "/_sim/stats")).json()
-    return int(stats["requests"])
+    return int((await sim_stats(base_url))["requests"])
 
 
 async def run(svc: Services, rows: list[JobInput], account: str = "acme") -> uuid.UUID:

@@ -19,14 +19,13 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import httpx
 import pytest
 
 from bulkgen.limits import BreakerState, LimitKey
 from bulkgen.service import Services
 from bulkgen.simulator import SimConfig, running_simulator
+from bulkgen.simulator.control import sim_configure, sim_stats
 
 from .pipeline_support import make_settings, start, statuses, submit
 
@@ -37,15 +36,6 @@ COOLDOWN_S = 0.3
 OUTAGE_S = 1.2
 
 
-async def _sim(
-    client: httpx.AsyncClient, method: str, path: str, body: object = None
-) -> dict[str, Any]:
-    response = await client.request(method, path, json=body)
-    response.raise_for_status()
-    data: dict[str, Any] = response.json()
-    return data
-
-
 async def _until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not await predicate():
@@ -53,9 +43,7 @@ async def _until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> 
         await asyncio.sleep(0.005)
 
 
-async def _outage(
-    svc: Services, sim: httpx.AsyncClient, key: LimitKey, batch_id: uuid.UUID
-) -> tuple[int, float]:
+async def _outage(svc: Services, sim: str, key: LimitKey, batch_id: uuid.UUID) -> tuple[int, float]:
     """Fail every request until the breaker opens, hold the outage, end it.
 
     Returns the requests the provider saw while the circuit was open, and for how long.
@@ -65,18 +53,18 @@ async def _outage(
         return (await statuses(svc, batch_id)).get("done", 0) >= 5
 
     await _until(some_done, 10.0)
-    await _sim(sim, "POST", "/_sim/config", {"faults": {"503": 1.0}})
+    await sim_configure(sim, {"faults": {"503": 1.0}})
 
     async def breaker_open() -> bool:
         return svc.governor.breaker_state(key) is not BreakerState.CLOSED
 
     await _until(breaker_open, 10.0)
     opened_s = time.monotonic()
-    before = (await _sim(sim, "GET", "/_sim/stats"))["requests"]
+    before = (await sim_stats(sim))["requests"]
     await asyncio.sleep(OUTAGE_S)
-    during = (await _sim(sim, "GET", "/_sim/stats"))["requests"] - before
+    during = (await sim_stats(sim))["requests"] - before
     open_s = time.monotonic() - opened_s
-    await _sim(sim, "POST", "/_sim/config", {"faults": {}})
+    await sim_configure(sim, {"faults": {}})
     return during, open_s
 
 
@@ -97,11 +85,10 @@ async def test_outage_opens_the_breaker_and_the_batch_completes_after_it(
         try:
             batch_id = await submit(svc, JOBS, max_tokens=200, target_words=100)
             key = LimitKey(svc.provider.base_url, svc.provider.api_key_id, "gpt-4o")
-            async with httpx.AsyncClient(base_url=base_url.removesuffix("/v1")) as sim:
-                worker = asyncio.create_task(svc.worker(burst=True).run())
-                during, open_s = await _outage(svc, sim, key, batch_id)
-                await asyncio.wait_for(worker, 30.0)
-                stats = await _sim(sim, "GET", "/_sim/stats")
+            worker = asyncio.create_task(svc.worker(burst=True).run())
+            during, open_s = await _outage(svc, base_url, key, batch_id)
+            await asyncio.wait_for(worker, 30.0)
+            stats = await sim_stats(base_url)
             rows = await svc.store.pool.fetch("SELECT status, attempts FROM jobs")
         finally:
             await svc.aclose()

@@ -15,10 +15,10 @@ from bulkgen.cache import (
     SingleFlight,
     build_cache,
 )
-from bulkgen.redis_guard import BYPASSED
 from bulkgen.errors import ProviderUnavailable
 from bulkgen.metrics import Metrics
 from bulkgen.models import Usage
+from bulkgen.redis_guard import BYPASSED
 from bulkgen.settings import Settings
 
 RESULT = CachedResult("An article about tea.", Usage(10, 20), "gpt-4o", "stop")

@@ -106,7 +106,7 @@ class Worker:
             claimed: list[ClaimedJob] = []
             if free > 0 and self.pipeline.allows_claim():
                 try:
-                    claimed = await self.store.jobs_claim(self.id, free, self.config.lease_s)
+                    claimed = await self.store.jobs_claim(self.id, free)
                     self.metrics.inc("db.claim_statements")
                 except StorageError as exc:
                     logger.warning("worker.claim_failed", extra={"error": str(exc)})

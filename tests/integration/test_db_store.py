@@ -80,7 +80,7 @@ async def test_claim_is_fair_across_accounts(store: Store) -> None:
     await _batch(store, "small", 5)
     worker = uuid.uuid4()
     await store.worker_register(worker, "h", 1)
-    claimed = await store.jobs_claim(worker, 10, 60)
+    claimed = await store.jobs_claim(worker, 10)
     by_account: dict[int, int] = {}
     for job in claimed:
         by_account[job.account_id] = by_account.get(job.account_id, 0) + 1
@@ -91,8 +91,8 @@ async def test_claim_is_fair_across_accounts(store: Store) -> None:
 async def test_two_claimers_never_share_a_job(store: Store) -> None:
     await _batch(store, "acme", 100)
     a, b = uuid.uuid4(), uuid.uuid4()
-    first = await store.jobs_claim(a, 60, 60)
-    second = await store.jobs_claim(b, 60, 60)
+    first = await store.jobs_claim(a, 60)
+    second = await store.jobs_claim(b, 60)
     ids_a = {j.id for j in first}
     ids_b = {j.id for j in second}
     assert not ids_a & ids_b
@@ -115,7 +115,7 @@ async def test_done_without_result_is_refused(store: Store) -> None:
 async def test_finishing_is_fenced_on_the_owner(store: Store) -> None:
     await _batch(store, "acme", 2)
     owner, intruder = uuid.uuid4(), uuid.uuid4()
-    jobs = await store.jobs_claim(owner, 2, 60)
+    jobs = await store.jobs_claim(owner, 2)
     assert await store.jobs_finish_done(intruder, [_done(jobs[0].id)]) == set()
     assert await store.jobs_finish_done(owner, [_done(jobs[0].id)]) == {jobs[0].id}
     # A second finish of the same job writes nothing (and no second result).
@@ -123,7 +123,7 @@ async def test_finishing_is_fenced_on_the_owner(store: Store) -> None:
     assert await store.pool.fetchval("SELECT count(*) FROM results") == 1
     retry = RetryRow(jobs[1].id, 0.0, 1, 0, False, "server_error", "503")
     assert await store.jobs_finish_retry(owner, [retry]) == {jobs[1].id}
-    again = await store.jobs_claim(owner, 2, 60)
+    again = await store.jobs_claim(owner, 2)
     assert [j.id for j in again] == [jobs[1].id] and again[0].attempts == 1
     failed = FailedRow(jobs[1].id, "failed", 1, "server_error", "503 again")
     assert await store.jobs_finish_failed(owner, [failed]) == {jobs[1].id}
@@ -135,7 +135,7 @@ async def test_stale_worker_jobs_are_rescued(store: Store) -> None:
     await _batch(store, "acme", 3)
     dead = uuid.uuid4()
     await store.worker_register(dead, "h", 1)
-    await store.jobs_claim(dead, 3, 60)
+    await store.jobs_claim(dead, 3)
     await store.pool.execute("UPDATE workers SET heartbeat_at = now() - interval '1 hour'")
     assert await store.jobs_rescue(lease_s=30, max_attempts=5) == 3
     statuses = await store.pool.fetch("SELECT status, attempts, lease_owner FROM jobs")
@@ -146,7 +146,7 @@ async def test_stale_worker_jobs_are_rescued(store: Store) -> None:
 
 async def test_cancel_stops_queued_jobs_at_once(store: Store) -> None:
     batch_id = await _batch(store, "acme", 10)
-    await store.jobs_claim(uuid.uuid4(), 4, 60)
+    await store.jobs_claim(uuid.uuid4(), 4)
     assert await store.batch_cancel(batch_id) == 6
     counts = {c.status: c.jobs for c in await store.batch_counts(batch_id)}
     assert counts == {"cancelled": 6, "generating": 4}
@@ -164,7 +164,7 @@ async def test_prune_removes_only_old_finished_batches(store: Store) -> None:
     old_busy = await _batch(store, "acme", 2)
     recent = await _batch(store, "acme", 2)
     owner = uuid.uuid4()
-    jobs = await store.jobs_claim(owner, 10, 60)
+    jobs = await store.jobs_claim(owner, 10)
     mine = [j for j in jobs if j.batch_id == old_done]
     assert await store.jobs_finish_done(owner, [_done(j.id) for j in mine])
     await store.pool.execute(
@@ -181,7 +181,7 @@ async def test_a_cancel_sticks_for_jobs_running_at_the_time(store: Store) -> Non
     batch_id = await _batch(store, "acme", 4)
     owner = uuid.uuid4()
     await store.worker_register(owner, "h", 1)
-    a, b, c = await store.jobs_claim(owner, 3, 60)
+    a, b, c = await store.jobs_claim(owner, 3)
     assert await store.batch_cancel(batch_id) == 1
     # A retry, a release at shutdown and a rescue of a dead worker all end cancelled.
     assert await store.jobs_finish_retry(owner, [RetryRow(a.id, 0.0, 1, 0, False, "x", "503")])
@@ -190,7 +190,7 @@ async def test_a_cancel_sticks_for_jobs_running_at_the_time(store: Store) -> Non
     assert await store.jobs_rescue(lease_s=30, max_attempts=5) == 1
     rows = await store.pool.fetch("SELECT status, error_kind FROM jobs")
     assert {(r["status"], r["error_kind"]) for r in rows} == {("cancelled", "cancelled")}
-    assert await store.jobs_claim(owner, 4, 60) == []
+    assert await store.jobs_claim(owner, 4) == []
     del c
 
 
@@ -199,7 +199,7 @@ async def test_concurrent_claims_take_different_rows(store: Store) -> None:
 
     await _batch(store, "acme", 1000)
     workers = [uuid.uuid4() for _ in range(4)]
-    claims = await asyncio.gather(*(store.jobs_claim(w, 20, 60) for w in workers))
+    claims = await asyncio.gather(*(store.jobs_claim(w, 20) for w in workers))
     ids = [j.id for claim in claims for j in claim]
     assert len(ids) == len(set(ids))
     assert sum(len(c) for c in claims) >= 60  # nobody races for the same candidates
@@ -208,13 +208,13 @@ async def test_concurrent_claims_take_different_rows(store: Store) -> None:
 async def test_small_account_is_served_next_to_a_busy_one(store: Store) -> None:
     await _batch(store, "big", 500)
     owner = uuid.uuid4()
-    running = list(await store.jobs_claim(owner, 20, 60))
+    running = list(await store.jobs_claim(owner, 20))
     await _batch(store, "small", 3)
     served = []
     for _ in range(3):  # steady state: one slot frees, one job is claimed
         finished = running.pop(0)
         await store.jobs_finish_done(owner, [_done(finished.id)])
-        (job,) = await store.jobs_claim(owner, 1, 60)
+        (job,) = await store.jobs_claim(owner, 1)
         running.append(job)
         served.append(job.account_id)
     small_id = await store.account_ensure("small")
@@ -225,10 +225,10 @@ async def test_a_late_outcome_never_lands_on_a_newer_claim(store: Store) -> None
     """Same worker, same job, claimed twice: the first claim's outcome is refused."""
     await _batch(store, "acme", 1)
     owner = uuid.uuid4()
-    (first,) = await store.jobs_claim(owner, 1, 60)
+    (first,) = await store.jobs_claim(owner, 1)
     retry = RetryRow(first.id, 0.0, 1, 0, True, "truncated", "cut", claim=first.claims)
     assert await store.jobs_finish_retry(owner, [retry]) == {first.id}
-    (second,) = await store.jobs_claim(owner, 1, 60)
+    (second,) = await store.jobs_claim(owner, 1)
     assert second.claims == first.claims + 1
     # The first claim's outcome arrives again (an ambiguous commit retried): refused.
     assert await store.jobs_finish_retry(owner, [retry]) == set()

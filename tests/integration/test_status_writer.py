@@ -34,7 +34,7 @@ async def _claimed(store: Store, owner: uuid.UUID, n: int) -> list[int]:
         template_version="v",
         inputs=[{"keyword": f"k{i}"} for i in range(n)],
     )
-    return [j.id for j in await store.jobs_claim(owner, n, 60)]
+    return [j.id for j in await store.jobs_claim(owner, n)]
 
 
 def _done(job_id: int, content: str) -> DoneRow:

@@ -110,8 +110,7 @@ chosen AS (
     SELECT id FROM locked ORDER BY rank, running, id LIMIT $2
 )
 UPDATE jobs j
-SET status = 'generating', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3),
-    claims = j.claims + 1
+SET status = 'generating', lease_owner = $1, claims = j.claims + 1
 FROM chosen WHERE j.id = chosen.id
 RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms,
           j.max_tokens_grown, j.claims
@@ -143,7 +142,7 @@ UPDATE jobs j
 SET status = CASE WHEN j.attempts + 1 >= $2 THEN 'failed'
                   WHEN b.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
     attempts = j.attempts + 1,
-    lease_owner = NULL, lease_expires_at = NULL, run_after = now(),
+    lease_owner = NULL, run_after = now(),
     error_kind = CASE WHEN j.attempts + 1 < $2 AND b.cancelled_at IS NOT NULL
                       THEN b.cancel_reason ELSE 'lease_expired' END,
     error_message = 'the worker running this job stopped sending heartbeats',
@@ -162,7 +161,7 @@ UPDATE jobs j
 SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
     error_kind = CASE WHEN b.cancelled_at IS NULL THEN j.error_kind ELSE b.cancel_reason END,
     finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
-    lease_owner = NULL, lease_expires_at = NULL, run_after = now()
+    lease_owner = NULL, run_after = now()
 FROM batches b
 WHERE b.id = j.batch_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
   AND j.id = ANY($2::bigint[])
@@ -182,7 +181,7 @@ WITH d AS (
 fin AS (
     UPDATE jobs j
     SET status = 'done', attempts = j.attempts + CASE WHEN d.cached THEN 0 ELSE 1 END,
-        lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+        lease_owner = NULL, finished_at = now(),
         prompt_tokens = d.prompt_tokens, completion_tokens = d.completion_tokens,
         cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
     FROM d
@@ -201,7 +200,7 @@ JOBS_FINISH_RETRY = """
 UPDATE jobs j
 SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
     finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
-    lease_owner = NULL, lease_expires_at = NULL,
+    lease_owner = NULL,
     run_after = now() + make_interval(secs => d.delay_s),
     attempts = j.attempts + d.burnt, rate_limited_ms = j.rate_limited_ms + d.rate_limited_ms,
     max_tokens_grown = j.max_tokens_grown OR d.grow,
@@ -219,7 +218,7 @@ RETURNING j.id
 
 JOBS_FINISH_FAILED = """
 UPDATE jobs j
-SET status = d.status, lease_owner = NULL, lease_expires_at = NULL, finished_at = now(),
+SET status = d.status, lease_owner = NULL, finished_at = now(),
     attempts = j.attempts + d.burnt, error_kind = d.error_kind, error_message = d.error_message,
     prompt_tokens = coalesce(d.prompt_tokens, j.prompt_tokens),
     completion_tokens = coalesce(d.completion_tokens, j.completion_tokens)

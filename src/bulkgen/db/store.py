@@ -166,11 +166,11 @@ class Store:
             status: str = await self.pool.execute(q.BATCH_CANCEL, batch_id, reason)
         return int(status.split()[-1])
 
-    async def jobs_claim(self, worker_id: uuid.UUID, n: int, lease_s: float) -> list[ClaimedJob]:
+    async def jobs_claim(self, worker_id: uuid.UUID, n: int) -> list[ClaimedJob]:
         if n <= 0:
             return []
         async with translate_errors("claiming jobs"):
-            rows = await self.pool.fetch(q.JOBS_CLAIM, worker_id, n, lease_s)
+            rows = await self.pool.fetch(q.JOBS_CLAIM, worker_id, n)
         return [ClaimedJob(**dict(r)) for r in rows]
 
     async def jobs_pending(self, batch_id: uuid.UUID | None = None) -> int:

@@ -202,6 +202,23 @@ def worker(
 
 
 @app.command()
+def cancel(batch: str, data_dir: DataDir = None) -> None:
+    """Cancel a batch: queued jobs end at once, running ones end when their call returns."""
+    batch_id = _batch_id(batch)
+
+    async def body() -> int:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
+            if await svc.store.batch_get(batch_id) is None:
+                raise ConfigError(f"no batch {batch_id}")
+            return await svc.store.batch_cancel(batch_id)
+
+    cancelled = _run(body())
+    console.print(f"cancelled {cancelled} queued jobs; running jobs stop when their call ends")
+
+
+@app.command()
 def status(batch: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """Counts, tokens and errors of a batch."""
     batch_id = _batch_id(batch)

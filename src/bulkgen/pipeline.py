@@ -196,12 +196,7 @@ class Pipeline:
                     await self.budget.settle(held, receipt.model or request.model, receipt.usage)
         self.metrics.inc("provider.completions", model=request.model)
         validate_completion(completion, min_words=self.config.min_words)
-        return CachedResult(
-            content=completion.content,
-            usage=completion.usage,
-            model=completion.model or request.model,
-            finish_reason=completion.finish_reason,
-        )
+        return CachedResult.from_completion(completion)  # the provider fills in the model
 
     def _still_valid(self, result: CachedResult) -> bool:
         """A cached or shared answer passes the same validation as a fresh one: an entry

@@ -103,3 +103,20 @@ def test_bad_settings_and_paths_are_clear_errors(database_url: str, tmp_path: Pa
     assert lease.returncode == 2 and "BULKGEN_HEARTBEAT_S" in lease.stderr
     for result in (missing, bad_redis, lease):
         assert "Traceback" not in result.stderr
+
+
+def test_cancel_ends_every_queued_job(database_url: str, tmp_path: Path) -> None:
+    keywords = tmp_path / "k.csv"
+    keywords.write_text("keyword\n" + "".join(f"topic {i}\n" for i in range(5)))
+    env = _env(database_url, OPENAI_API_KEY="sk-x")
+    submitted = _bulkgen("submit", str(keywords), env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip().splitlines()[-1]
+    cancelled = _bulkgen("cancel", batch_id, env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled 5 queued jobs" in cancelled.stdout
+    status = _bulkgen("status", batch_id, "--json", env=env)
+    summary = json.loads(status.stdout.strip().splitlines()[-1])
+    assert (summary["cancelled"], summary["queued"]) == (5, 0)
+    unknown = _bulkgen("cancel", "00000000-0000-0000-0000-000000000000", env=env)
+    assert unknown.returncode == 1 and "no batch" in unknown.stderr

@@ -15,7 +15,6 @@ from bulkgen.simulator.ratelimit import Decision, LimitReport, go_duration
 from bulkgen.simulator.tokens import prompt_tokens
 
 ORGANIZATION = "org-sim"
-JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
 
 
 class InvalidRequest(Exception):

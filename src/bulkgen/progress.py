@@ -72,18 +72,21 @@ async def batch_progress(
         for name in ("done", "failed", "queued", "running")
     }
 
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def show() -> None:
+        with contextlib.suppress(StorageError):  # a lost read only delays the bars
+            counts = BatchCounts.of(total, await store.batch_counts(batch_id))
+            rate = counts.finished / max(loop.time() - started, 1e-6)
+            progress.update(rows["done"], completed=counts.get("done"), rate=f"{rate:5.1f} jobs/s")
+            progress.update(rows["failed"], completed=counts.get("failed"))
+            progress.update(rows["queued"], completed=counts.get("queued"))
+            progress.update(rows["running"], completed=counts.running)
+
     async def refresh() -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         while True:
-            with contextlib.suppress(StorageError):
-                counts = BatchCounts.of(total, await store.batch_counts(batch_id))
-                elapsed = max(loop.time() - started, 1e-6)
-                rate = f"{counts.finished / elapsed:5.1f} jobs/s"
-                progress.update(rows["done"], completed=counts.get("done"), rate=rate)
-                progress.update(rows["failed"], completed=counts.get("failed"), rate="")
-                progress.update(rows["queued"], completed=counts.get("queued"), rate="")
-                progress.update(rows["running"], completed=counts.running, rate="")
+            await show()
             await asyncio.sleep(interval_s)
 
     with progress:
@@ -94,12 +97,7 @@ async def batch_progress(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(StorageError):
-                counts = BatchCounts.of(total, await store.batch_counts(batch_id))
-                progress.update(rows["done"], completed=counts.get("done"))
-                progress.update(rows["failed"], completed=counts.get("failed"))
-                progress.update(rows["queued"], completed=counts.get("queued"))
-                progress.update(rows["running"], completed=counts.running)
+            await show()  # the final counts, not the last poll's
 
 
 async def wait_for_batch(store: Store, batch_id: uuid.UUID, *, interval_s: float = 0.5) -> None:

@@ -70,3 +70,22 @@ async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Sto
     assert "\x00" not in content and "words" in content
     # Batched: far fewer statements than outcomes would cost one by one, plus the fallback.
     assert metrics.total("db.status_statements") <= 6
+
+
+async def test_progress_bars_end_on_the_final_counts(store: Store) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bulkgen.progress import batch_progress
+
+    owner = uuid.uuid4()
+    ids = await _claimed(store, owner, 3)
+    batch_id = (await store.pool.fetchrow("SELECT batch_id FROM jobs LIMIT 1"))["batch_id"]
+    out = io.StringIO()
+    console = Console(file=out, width=100, force_terminal=False)
+    async with batch_progress(store, batch_id, 3, console, interval_s=0.01):
+        await store.jobs_finish_done(owner, [_done(i, "# T\n\nwords") for i in ids])
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("done") and "3/3" in line for line in lines)
+    assert any(line.startswith("running") and "0/3" in line for line in lines)

@@ -23,6 +23,7 @@ from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
 from bulkgen.intake import load_file, validate_options
+from bulkgen.models import JobStatus
 from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
@@ -244,7 +245,7 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
         "batch_id": str(batch_id),
         "account": record.account,
         "total": record.total,
-        **{s: summary.get(s) for s in ("queued", "generating", "done", "failed", "cancelled")},
+        **{s.value: summary.get(s) for s in JobStatus},
         "prompt_tokens": sum(c.prompt_tokens for c in counts),
         "completion_tokens": sum(c.completion_tokens for c in counts),
         "cached": sum(c.cached for c in counts),
@@ -303,11 +304,11 @@ def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
         with out.open("w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, default=str) + "\n")
-        return sum(1 for r in rows if r["status"] == "done")
+        return sum(1 for r in rows if r["status"] == JobStatus.DONE)
     out.mkdir(parents=True, exist_ok=True)
     written = 0
     for row in rows:
-        if row["status"] != "done":
+        if row["status"] != JobStatus.DONE:
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", row["input"]["keyword"].lower()).strip("-")[:80]
         (out / f"{row['id']}-{slug or 'article'}.md").write_text(row["content"], encoding="utf-8")

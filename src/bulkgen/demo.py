@@ -21,6 +21,7 @@ from rich.table import Table
 
 from bulkgen.intake import BatchOptions, JobInput, parse_csv
 from bulkgen.metrics import Metrics
+from bulkgen.models import JobStatus
 from bulkgen.progress import batch_progress
 from bulkgen.providers import OpenAICompatProvider
 from bulkgen.service import SIMULATOR_API_KEY, Services, services
@@ -128,9 +129,9 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
     return DemoReport(
         batch_id=str(batch_id),
         jobs=len(rows),
-        done=n("done"),
-        failed=n("failed"),
-        cancelled=n("cancelled"),
+        done=n(JobStatus.DONE),
+        failed=n(JobStatus.FAILED),
+        cancelled=n(JobStatus.CANCELLED),
         empty_done=int(empty_done),
         wall_s=round(wall_s, 2),
         provider_requests=int(stats.get("requests", 0)),

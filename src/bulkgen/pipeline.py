@@ -30,7 +30,7 @@ from bulkgen.formatting import format_article, validate_completion
 from bulkgen.intake import BatchOptions, JobInput
 from bulkgen.limits import LimitKey, RateGovernor
 from bulkgen.metrics import Metrics
-from bulkgen.models import ChatRequest, Completion, Usage
+from bulkgen.models import ChatRequest, Completion, JobStatus, Usage
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import Provider
 from bulkgen.retry import RetryPolicy
@@ -143,7 +143,7 @@ class Pipeline:
                 result, source = await self._paid(job.batch_id, request, receipt), "provider"
             article = format_article(result.content, fallback_title=job.input["keyword"])
         except InputError as exc:
-            return FailedRow(job.id, "failed", 1, "invalid_input", str(exc))
+            return FailedRow(job.id, JobStatus.FAILED, 1, "invalid_input", str(exc))
         except BudgetExceeded as exc:
             return self._over_budget(job, exc)
         except BudgetContended as exc:  # the rest of the cap is held by calls in flight
@@ -224,7 +224,9 @@ class Pipeline:
         """Not sent, so no attempt is burnt; ``cancelled`` says the job itself was fine."""
         self.metrics.inc("jobs.cancelled", error_kind="budget_exceeded")
         logger.warning("job.budget_exceeded", extra={"job_id": job.id, "error": str(exc)})
-        return FailedRow(job.id, "cancelled", 0, "budget_exceeded", f"BudgetExceeded: {exc}")
+        return FailedRow(
+            job.id, JobStatus.CANCELLED, 0, "budget_exceeded", f"BudgetExceeded: {exc}"
+        )
 
     def _on_error(self, job: ClaimedJob, exc: BulkgenError) -> Outcome:
         attempts = job.attempts + 1
@@ -247,7 +249,7 @@ class Pipeline:
                     "error": message,
                 },
             )
-            return FailedRow(job.id, "failed", burnt, decision.error_kind, message)
+            return FailedRow(job.id, JobStatus.FAILED, burnt, decision.error_kind, message)
         self.metrics.inc(
             "jobs.retried" if burnt else "jobs.snoozed", error_kind=decision.error_kind
         )

@@ -31,6 +31,7 @@ from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.intake import validate_options
 from bulkgen.metrics import Metrics
+from bulkgen.models import JobStatus
 from bulkgen.pipeline import BatchPlan, Pipeline
 from bulkgen.prompts import PromptTemplate
 
@@ -189,10 +190,12 @@ class Worker:
         except StorageError as exc:  # the batch could not be read: try again soon, no attempt
             outcome = RetryRow(job.id, 1.0, 0, 0, False, "storage", str(exc))
         except BulkgenError as exc:  # the stored batch itself is unusable
-            outcome = FailedRow(job.id, "failed", 0, "invalid_batch", str(exc))
+            outcome = FailedRow(job.id, JobStatus.FAILED, 0, "invalid_batch", str(exc))
         except Exception as exc:  # a bug must fail the job loudly, not strand it
             logger.exception("job.crashed", extra={"job_id": job.id})
-            outcome = FailedRow(job.id, "failed", 1, "internal", f"{type(exc).__name__}: {exc}")
+            outcome = FailedRow(
+                job.id, JobStatus.FAILED, 1, "internal", f"{type(exc).__name__}: {exc}"
+            )
         if not await self.writer.write(replace(outcome, claim=job.claims)):
             # Another worker took the job over after our lease lapsed; its result wins.
             self.metrics.inc("jobs.fenced_out")

@@ -18,6 +18,7 @@ import asyncpg
 from bulkgen.accounting import BatchUsage, BudgetSeed, UsageLine, summarize
 from bulkgen.db import queries as q
 from bulkgen.db.pool import translate_errors
+from bulkgen.models import JobStatus
 from bulkgen.pricing import PriceTable
 
 
@@ -89,7 +90,7 @@ class RetryRow:
 @dataclass(frozen=True, slots=True)
 class FailedRow:
     job_id: int
-    status: str  # 'failed' or 'cancelled'
+    status: JobStatus  # FAILED or CANCELLED
     burnt: int
     error_kind: str
     error_message: str

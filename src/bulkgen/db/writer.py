@@ -25,6 +25,7 @@ from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
 from bulkgen.errors import StorageError
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.models import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,6 @@ class StatusWriter:
                 if exc.transient:
                     raise
                 logger.error("job.outcome_refused", extra={"job_id": row.job_id, "error": str(exc)})
-                refused = FailedRow(row.job_id, "failed", 1, "unstorable", str(exc)[:500])
+                refused = FailedRow(row.job_id, JobStatus.FAILED, 1, "unstorable", str(exc)[:500])
                 written |= await self._store.jobs_finish_failed(self._worker_id, [refused])
         return written

@@ -146,7 +146,7 @@ _CONVERTERS: dict[str, Callable[[object], object]] = {
 
 
 def validate_options(raw: Mapping[str, object]) -> BatchOptions:
-    """CLI/API options -> typed :class:`BatchOptions`, checked once at the edge.
+    """Submitted (or stored) options -> typed :class:`BatchOptions`, checked at the edge.
 
     Unknown names and bad values raise :class:`ConfigError` naming the option; a template
     is compiled now so a syntax error is reported before the batch exists.

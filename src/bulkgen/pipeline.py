@@ -1,9 +1,10 @@
-"""One job, start to finish, without a database connection:
-prompt -> cache -> single-flight -> limiter -> provider -> validate -> format -> outcome.
+"""One job, start to finish, without a database connection: prompt -> cache and
+single-flight -> limiter -> budget -> provider -> validate -> format -> outcome.
 
-The pipeline returns an outcome row (done, retry, failed) and never writes it: the worker
-hands it to the status writer, which writes many at once. Every error ends in a decision
-of the retry policy, so nothing can fall through to an empty ``done`` (the seed's bug).
+The pipeline returns an outcome row (done, retry, failed or cancelled) and never writes
+it: the worker hands it to the status writer, which writes many at once. Every error ends
+as a retry or a failure (most through the retry policy), and ``done`` is built only from
+content that passed validation, so no path leads to an empty ``done``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The one composition root: settings -> pool, store, Redis, cache, limiter, provider.
+"""The one composition root: settings -> pool, store, Redis, cache, limiter, budget ledger,
+price table, provider.
 
-Every face (CLI, API, tests, benchmarks) builds its parts here, so there is exactly one
-place that decides embedded vs. external PostgreSQL, in-process vs. Redis limits and
-cache, and simulator vs. real provider.
+The CLI, the demo, the tests and the benchmarks build their parts here, so there is exactly
+one place that decides embedded vs. external PostgreSQL, in-process vs. Redis limits,
+cache and budgets, and simulator vs. real provider.
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Pro
 
 def _redis_client(settings: Settings) -> aioredis.Redis:
     """One bounded connection pool per process, like the database's: past
-    ``redis_pool_max`` callers wait for a free connection (bounded by the callers' own
-    timeouts) instead of failing, as redis-py's default pool does."""
+    ``redis_pool_max`` callers wait for a free connection (at most 2 s, and within their
+    own timeouts) instead of failing at once, as redis-py's default pool does."""
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url or "",
         max_connections=settings.redis_pool_max,

@@ -1,7 +1,8 @@
 """Configuration, read from the environment once, at the edge, then passed down frozen.
 
-The seed's names are kept (``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``,
-``OPENAI_BASE_URL``); everything else is ``BULKGEN_*`` with its unit in the name.
+The four service variables have their usual names, without a prefix (``DATABASE_URL``,
+``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``); everything else is ``BULKGEN_*``
+with its unit in the name.
 Embedded defaults make a fresh machine work: no ``DATABASE_URL`` starts embedded
 PostgreSQL, no ``REDIS_URL`` keeps cache and limiter in-process, no ``OPENAI_API_KEY``
 uses the built-in simulator.
@@ -27,7 +28,7 @@ class Settings(BaseSettings):
         env_prefix="BULKGEN_", frozen=True, extra="ignore", populate_by_name=True
     )
 
-    # Services (the seed's names, no prefix).
+    # Services (usual names, no prefix).
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))

@@ -1,10 +1,9 @@
 """Batched, coalesced status writes.
 
-The seed wrote every status change of every job as its own statement; at the next order of
-magnitude that is what melts the jobs table. Here a job costs two row writes (its claim and
-its finish) and far less than one statement: outcomes of all jobs finishing within
-``flush_ms`` are written together, one statement per kind (done, retry, failed). The
-intermediate ``formatting`` status is never written: it lives only in live progress.
+A job costs two writes to its ``jobs`` row (its claim and its finish) and far less than one
+statement: outcomes of all jobs finishing within ``flush_ms`` are written together, at most
+``max_rows`` at a time, one statement per kind (done, retry, failed). Nothing is written
+between the claim and the finish.
 
 A caller awaits its outcome's write, so a worker never reports a job finished that the
 database does not know about. If the database is away, outcomes wait in memory and the

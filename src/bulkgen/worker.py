@@ -75,6 +75,7 @@ class Worker:
         # on their way is never mistaken for one whose answer was lost.
         self._claim_lock = asyncio.Lock()
         self._healthy_since_s: float | None = None  # monotonic; None while beats fail
+        self._failing_since_s = 0.0
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs get the grace period."""
@@ -236,6 +237,8 @@ class Worker:
                 await self._give_back_unrun()
                 await self._rescue()
             except StorageError as exc:
+                if self._healthy_since_s is not None:
+                    self._failing_since_s = time.monotonic()
                 self._healthy_since_s = None
                 logger.warning("worker.heartbeat_failed", extra={"error": str(exc)})
 
@@ -244,6 +247,10 @@ class Worker:
             await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
         if self._healthy_since_s is None:
             self._healthy_since_s = time.monotonic()
+            logger.warning(
+                "worker.heartbeat_recovered",
+                extra={"outage_s": round(self._healthy_since_s - self._failing_since_s, 1)},
+            )
 
     async def _give_back_unrun(self) -> None:
         """Jobs the database says this worker runs but it does not (a claim that committed

@@ -6,7 +6,12 @@ and shuts down without losing anything.
   ``poll_s`` is the fallback (a lost notification costs latency, never a job).
 - **Lease**: one heartbeat row per worker (writes per worker, not per job). Every
   heartbeat also re-queues jobs of workers whose heartbeat went stale, so any worker can die
-  at any moment and its jobs come back.
+  at any moment and its jobs come back; a worker rescues only once its own heartbeat has
+  been healthy for a whole lease, so after a database outage the first worker back does
+  not take the others' live jobs before they could beat again.
+- **Unrun jobs**: every heartbeat compares the jobs the database says this worker runs
+  with the jobs it really runs; the difference (a claim that committed but whose answer
+  was lost) goes back to the queue without burning an attempt.
 - **Finish**: outcomes go through the batched status writer, fenced on this worker's id.
 - **Stop** (SIGINT/SIGTERM or ``stop()``): claim nothing more, give in-flight jobs
   ``shutdown_grace_s`` to finish, return the rest to the queue untouched.
@@ -22,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -66,6 +72,11 @@ class Worker:
         self._plans: dict[uuid.UUID, asyncio.Future[BatchPlan]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Held while claiming and while looking for unrun jobs, so a claim whose rows are
+        # on their way is never mistaken for one whose answer was lost.
+        self._claim_lock = asyncio.Lock()
+        self._healthy_since_s: float | None = None  # monotonic; None while beats fail
+        self._failing_since_s = 0.0
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs get the grace period."""
@@ -74,6 +85,7 @@ class Worker:
 
     async def run(self, *, install_signals: bool = False) -> None:
         await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
+        self._healthy_since_s = time.monotonic()
         self.writer.start()
         if install_signals:
             self._install_signals()
@@ -106,14 +118,7 @@ class Worker:
             free = self._capacity() - len(self._inflight)
             claimed: list[ClaimedJob] = []
             if free > 0 and self.pipeline.allows_claim():
-                try:
-                    claimed = await self.store.jobs_claim(self.id, free)
-                    self.metrics.inc("db.claim_statements")
-                except StorageError as exc:
-                    logger.warning("worker.claim_failed", extra={"error": str(exc)})
-                    self.metrics.inc("db.claim_failed")
-            for job in claimed:
-                await self._start(job)
+                claimed = await self._claim(free)
             if claimed and len(claimed) == free:
                 await self._wait(timeout_s=None)  # full: until a job ends or a stop
                 continue
@@ -127,6 +132,19 @@ class Worker:
             ):
                 return
             await self._wait(timeout_s=self.config.poll_s)
+
+    async def _claim(self, free: int) -> list[ClaimedJob]:
+        async with self._claim_lock:
+            try:
+                claimed = await self.store.jobs_claim(self.id, free)
+                self.metrics.inc("db.claim_statements")
+            except StorageError as exc:  # if it committed anyway, the heartbeat gives it back
+                logger.warning("worker.claim_failed", extra={"error": str(exc)})
+                self.metrics.inc("db.claim_failed")
+                return []
+            for job in claimed:
+                await self._start(job)
+        return claimed
 
     def _capacity(self) -> int:
         """A user-set cap wins; otherwise as many jobs as the limiter can keep busy, plus a
@@ -218,17 +236,58 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
             try:
-                if not await self.store.worker_heartbeat(self.id):
-                    await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
-                rescued = await self.store.jobs_rescue(
-                    self.config.lease_s, self.config.max_attempts
-                )
-                if rescued:
-                    self.metrics.inc("jobs.rescued", rescued)
-                    logger.warning("worker.rescued", extra={"jobs": rescued})
-                    self._wake.set()
+                await self._beat()
+                await self._give_back_unrun()
+                await self._rescue()
             except StorageError as exc:
+                if self._healthy_since_s is not None:
+                    self._failing_since_s = time.monotonic()
+                self._healthy_since_s = None
                 logger.warning("worker.heartbeat_failed", extra={"error": str(exc)})
+
+    async def _beat(self) -> None:
+        if not await self.store.worker_heartbeat(self.id):
+            await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
+        if self._healthy_since_s is None:
+            self._healthy_since_s = time.monotonic()
+            logger.warning(
+                "worker.heartbeat_recovered",
+                extra={"outage_s": round(self._healthy_since_s - self._failing_since_s, 1)},
+            )
+
+    async def _give_back_unrun(self) -> None:
+        """Jobs the database says this worker runs but it does not (a claim that committed
+        after its connection died) would stay ``generating`` for the worker's whole life:
+        they go back to the queue, in their place, without an attempt. Not while stopping:
+        the drain releases what it interrupts itself."""
+        if self._stopping.is_set():
+            return
+        async with self._claim_lock:
+            unrun = await self.store.jobs_of_owner(self.id) - {
+                job.id for job in self._inflight.values()
+            }
+            released = await self.store.jobs_release(self.id, sorted(unrun)) if unrun else 0
+        if released:
+            self.metrics.inc("jobs.unrun_released", released)
+            logger.warning("worker.unrun_released", extra={"jobs": released})
+            self._wake.set()
+
+    async def _rescue(self) -> None:
+        """Re-queue jobs of workers whose heartbeat went stale, but only once this worker's
+        own heartbeat has been healthy for a whole lease: right after an outage every
+        worker's beat is stale, including those still running their jobs."""
+        if self._healthy_since_s is None:
+            return
+        healthy_s = time.monotonic() - self._healthy_since_s
+        if healthy_s < self.config.lease_s:
+            return
+        rescued = await self.store.jobs_rescue(self.config.lease_s, self.config.max_attempts)
+        if rescued:
+            self.metrics.inc("jobs.rescued", rescued)
+            logger.warning(
+                "worker.rescued", extra={"jobs": rescued, "healthy_s": round(healthy_s, 3)}
+            )
+            self._wake.set()
 
     async def _listen(self) -> None:
         """LISTEN on one pooled connection; a hint only, polling covers its loss."""

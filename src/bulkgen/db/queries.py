@@ -132,8 +132,12 @@ WORKER_HEARTBEAT = "UPDATE workers SET heartbeat_at = now() WHERE id = $1 RETURN
 
 WORKER_DELETE = "DELETE FROM workers WHERE id = $1"
 
+# What the database says this worker runs; the worker compares it with what it really runs.
+JOBS_OF_OWNER = "SELECT id FROM jobs WHERE lease_owner = $1 AND status = 'generating'"
+
 # Jobs of workers whose heartbeat went stale (or that vanished) go back to the queue. The
 # interrupted attempt counts, so a job that kills every worker that takes it ends failed.
+# run_after is left alone: a rescued job keeps its place in its account's line.
 JOBS_RESCUE = """
 WITH stale AS (
     DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1) RETURNING id
@@ -142,7 +146,7 @@ UPDATE jobs j
 SET status = CASE WHEN j.attempts + 1 >= $2 THEN 'failed'
                   WHEN b.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
     attempts = j.attempts + 1,
-    lease_owner = NULL, run_after = now(),
+    lease_owner = NULL,
     error_kind = CASE WHEN j.attempts + 1 < $2 AND b.cancelled_at IS NOT NULL
                       THEN b.cancel_reason ELSE 'lease_expired' END,
     error_message = 'the worker running this job stopped sending heartbeats',
@@ -154,14 +158,14 @@ WHERE b.id = j.batch_id AND j.status = 'generating'
 RETURNING j.id
 """
 
-# Shutdown: jobs this worker did not finish go back untouched (no attempt burnt), unless
-# their batch was cancelled meanwhile.
+# Shutdown, or jobs a worker owns but does not run (a claim whose answer was lost): they go
+# back untouched (no attempt burnt, same place in line), unless their batch was cancelled.
 JOBS_RELEASE = """
 UPDATE jobs j
 SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
     error_kind = CASE WHEN b.cancelled_at IS NULL THEN j.error_kind ELSE b.cancel_reason END,
     finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
-    lease_owner = NULL, run_after = now()
+    lease_owner = NULL
 FROM batches b
 WHERE b.id = j.batch_id AND j.lease_owner = $1 AND j.status = 'generating'
   AND j.id = ANY($2::bigint[])

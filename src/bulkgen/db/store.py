@@ -193,6 +193,12 @@ class Store:
         async with translate_errors("removing the worker"):
             await self.pool.execute(q.WORKER_DELETE, worker_id)
 
+    async def jobs_of_owner(self, worker_id: uuid.UUID) -> set[int]:
+        """The jobs the database says this worker is running."""
+        async with translate_errors("listing the worker's jobs"):
+            rows = await self.pool.fetch(q.JOBS_OF_OWNER, worker_id)
+        return {r["id"] for r in rows}
+
     async def jobs_rescue(self, lease_s: float, max_attempts: int) -> int:
         async with translate_errors("rescuing jobs of dead workers"):
             rows = await self.pool.fetch(q.JOBS_RESCUE, lease_s, max_attempts)

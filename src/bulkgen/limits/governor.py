@@ -163,9 +163,19 @@ class RateGovernor:
         except RateLimited as exc:
             await self._on_rate_limited(key, state, exc)
             raise
-        except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError):
+        except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError) as exc:
+            was_closed = state.breaker.state is BreakerState.CLOSED
             state.breaker.record_failure(probe=probe)
             self._breaker_gauge(key, state)
+            if state.breaker.state is BreakerState.OPEN and (was_closed or probe):
+                logger.warning(
+                    "breaker.opened" if was_closed else "breaker.probe_failed",
+                    extra={
+                        "model": key.model,
+                        "cooldown_s": self.config.breaker_cooldown_s,
+                        "error": str(exc)[:200],
+                    },
+                )
             raise
         finally:
             if probe and not slot.recorded:
@@ -202,6 +212,8 @@ class RateGovernor:
                 if probe:
                     state.breaker.release_probe()
                 raise
+        if probe:
+            logger.info("breaker.probing", extra={"model": key.model})
         self._metrics.inc("limiter.admitted", model=key.model)
         self._metrics.observe("limiter.waited_s", self._clock() - started_s, model=key.model)
         return result, probe
@@ -261,6 +273,7 @@ class RateGovernor:
         state.breaker.record_success(probe=slot.probe)
         if slot.probe:
             self._breaker_gauge(key, state)
+            logger.info("breaker.closed", extra={"model": key.model})
 
     async def _reconcile(self, key: LimitKey, state: _KeyState, reserved: int, used: int) -> None:
         mode, tpm = self.config.reconcile, state.policy.limit_tpm()

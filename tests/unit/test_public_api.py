@@ -27,3 +27,9 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     assert settings.model == "gpt-4o"
     assert settings.cache_ttl_s == 3600
     assert settings.concurrency is None  # auto: follows the limiter
+
+
+def test_version_is_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert bulkgen.__version__ == version("bulkgen")

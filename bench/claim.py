@@ -26,7 +26,7 @@ import asyncpg
 from bulkgen.db import queries as q
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.metrics import Metrics
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
@@ -102,7 +102,7 @@ async def statements_per_job(url: str, jobs: int) -> dict[str, float]:
         svc = await open_services(settings, metrics=metrics)
         try:
             rows = [JobInput(f"keyword {i}", {}, {}) for i in range(jobs)]
-            await svc.submit(rows, BatchOptions(max_tokens=300), account="bench")
+            await svc.submit(rows, svc.batch_options(max_tokens=300), account="bench")
             started = time.perf_counter()
             await svc.worker(burst=True).run()
             wall_s = time.perf_counter() - started

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -22,7 +22,8 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
-from bulkgen.intake import load_file, validate_options
+from bulkgen.intake import MAX_BATCH_ROWS, load_file
+from bulkgen.options import BatchOptions, check_option, option_bounds, validate_options
 from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
@@ -77,7 +78,7 @@ def _batch_id(text: str) -> uuid.UUID:
 
 @app.command()
 def demo(
-    jobs: Annotated[int, typer.Option(min=1, max=10_000, help="How many articles.")] = 200,
+    jobs: Annotated[int, typer.Option(min=1, max=MAX_BATCH_ROWS, help="How many articles.")] = 200,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -120,22 +121,58 @@ def db_prune(
     console.print(f"deleted {batches} batches ({jobs} jobs)")
 
 
+def _checked(name: str) -> Callable[[Any], Any]:
+    """A flag's callback that checks its value as the batch options declare it, so a bad
+    value is refused before anything runs, with the flag's name in the message."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            try:
+                check_option(name, value)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value  # as given: validate_options converts it ("none" -> no temperature)
+
+    return check
+
+
+def _option_flag(name: str, fleet_variable: str | None = None, **extra: Any) -> Any:
+    """A ``submit`` flag for a batch option, described and checked from its declaration:
+    what it is, its range, its default (``fleet_variable`` names the setting that holds
+    it), and a clear error naming the flag for a bad value."""
+    field = BatchOptions.model_fields[name]
+    text, _, note = (field.description or "").partition(";")
+    bounds = option_bounds(name)
+    if bounds is not None:
+        text += f" ({bounds[0]:,g} to {bounds[1]:,g})"
+    text += f";{note}" if note else ""
+    if fleet_variable is not None:
+        text += f" [default: ${fleet_variable} or {Settings.model_fields[name].default}]"
+    elif field.default is not None:
+        text += f" [default: {field.default}]"
+    return typer.Option(callback=_checked(name), help=text, show_default=False, **extra)
+
+
 @app.command()
 def submit(
     file: Annotated[Path, typer.Argument(help="CSV with a keyword column, or JSONL.")],
     account: Annotated[str, typer.Option(help="Account name.")] = "default",
-    model: Annotated[str | None, typer.Option(help="Model for every row.")] = None,
-    tone: Annotated[str | None, typer.Option()] = None,
-    language: Annotated[str | None, typer.Option()] = None,
-    target_words: Annotated[int | None, typer.Option(min=50, max=20_000)] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=16, max=200_000)] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+    model: Annotated[str | None, _option_flag("model", "BULKGEN_MODEL")] = None,
+    tone: Annotated[str | None, _option_flag("tone")] = None,
+    language: Annotated[str | None, _option_flag("language")] = None,
+    target_words: Annotated[int | None, _option_flag("target_words")] = None,
+    max_tokens: Annotated[int | None, _option_flag("max_tokens", "BULKGEN_MAX_TOKENS")] = None,
+    temperature: Annotated[str | None, _option_flag("temperature", metavar="NUMBER|none")] = None,
     template: Annotated[Path | None, typer.Option(help="A Jinja2 prompt template.")] = None,
     budget_usd: Annotated[str | None, typer.Option(help="Spending cap for the batch.")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Enqueue a batch; prints its id."""
+    """Enqueue a batch from a CSV or JSONL file and print its id; a worker runs it.
+
+    A column named like an option (model, tone, language, target_words, max_tokens,
+    temperature) overrides that option for its row.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", account):
         err.print("[bold red]error:[/] --account takes 1-64 letters, digits, '.', '_' or '-'")
         raise typer.Exit(2)
@@ -148,13 +185,14 @@ def submit(
         "temperature": temperature,
     }
     budget = _budget(budget_usd)
+    settings = _settings(data_dir)
 
     async def body() -> None:
         if template is not None:
             raw["template"] = _read_text(template, "template")
-        options = validate_options({k: v for k, v in raw.items() if v is not None})
+        options = validate_options({k: v for k, v in raw.items() if v is not None}, settings)
         rows = load_file(file)
-        async with services(_settings(data_dir), need_provider=False) as svc:
+        async with services(settings, need_provider=False) as svc:
             batch_id = await svc.submit(rows, options, account=account, budget_usd=budget)
             print(batch_id, flush=True)
             if wait:

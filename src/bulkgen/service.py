@@ -11,7 +11,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -24,11 +24,12 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
 from bulkgen.errors import ConfigError
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import ChatRequest, Completion
+from bulkgen.options import BatchOptions, validate_options
 from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
@@ -86,6 +87,10 @@ class Services:
         )
         return Worker(self.store, self.pipeline(), config, metrics=self.metrics)
 
+    def batch_options(self, **chosen: object) -> BatchOptions:
+        """Options for a batch submitted from code: ``chosen`` over the fleet's defaults."""
+        return validate_options(chosen, self.settings)
+
     async def submit(
         self,
         rows: Sequence[JobInput],
@@ -101,9 +106,7 @@ class Services:
             else PromptTemplate.default()
         )
         account_id = await self.store.account_ensure(account)
-        stored_options: dict[str, Any] = {
-            k: v for k, v in asdict(options).items() if k != "template"
-        }
+        stored_options = options.model_dump(exclude={"template"})
         inputs = [
             {"keyword": r.keyword, "variables": r.variables, "overrides": r.overrides} for r in rows
         ]

@@ -29,8 +29,8 @@ from typing import Literal
 from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
-from bulkgen.intake import validate_options
 from bulkgen.metrics import Metrics
+from bulkgen.options import stored_options
 from bulkgen.pipeline import BatchPlan, Pipeline
 from bulkgen.prompts import PromptTemplate
 
@@ -176,7 +176,7 @@ class Worker:
             raise ConfigError(f"batch {batch_id} does not exist")
         return BatchPlan(
             account_id=batch.account_id,
-            options=validate_options(batch.options),
+            options=stored_options(batch.options),
             template=PromptTemplate.from_text(batch.template),
             cache_scope_mode=self.config.cache_scope,
         )

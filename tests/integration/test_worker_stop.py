@@ -44,7 +44,7 @@ async def test_stop_while_full_returns_jobs_within_the_grace_period(store: Store
     account = await store.account_ensure("acme")
     batch_id = await store.batch_create(
         account_id=account,
-        options={"model": "gpt-4o"},
+        options={"model": "gpt-4o", "max_tokens": 1500},
         template="Write about {{ keyword }}.",
         template_version="v",
         inputs=[{"keyword": f"k{i}"} for i in range(6)],

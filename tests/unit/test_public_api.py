@@ -25,6 +25,7 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     assert settings.db_pool_max == 20
     assert settings.max_attempts == 5
     assert settings.model == "gpt-4o"
+    assert settings.max_tokens == 1500
     assert settings.cache_ttl_s == 3600
     assert settings.concurrency is None  # auto: follows the limiter
 

@@ -77,7 +77,7 @@ async def _timed_claim(pool: asyncpg.Pool, sql: str) -> float:  # type: ignore[t
 
 
 async def claim_latency(url: str, backlog: int, rounds: int = 40) -> dict[str, float]:
-    pool = await create_pool(url, max_size=2)
+    pool = await create_pool(url, max_size=2, min_size=1, command_timeout_s=60.0)
     try:
         await migrate(pool)
         await pool.execute(SEED, backlog - 50 * 20)

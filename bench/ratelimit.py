@@ -317,7 +317,7 @@ async def with_database(admin_url: str, body: Any) -> Any:
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + name
     try:
-        pool = await create_pool(url, max_size=2)
+        pool = await create_pool(url, max_size=2, min_size=1, command_timeout_s=60.0)
         await migrate(pool)
         await pool.close()
         return await body(url)

@@ -72,19 +72,7 @@ class Services:
         )
 
     def worker(self, *, concurrency: int | None = None, burst: bool = False) -> Worker:
-        s = self.settings
-        config = WorkerConfig(
-            concurrency=concurrency or s.concurrency,
-            concurrency_auto_max=s.concurrency_auto_max,
-            lease_s=s.lease_s,
-            heartbeat_s=s.heartbeat_s,
-            poll_s=s.poll_s,
-            shutdown_grace_s=s.shutdown_grace_s,
-            status_flush_ms=s.status_flush_ms,
-            max_attempts=s.max_attempts,
-            burst=burst,
-            cache_scope=s.cache_scope,
-        )
+        config = worker_config(self.settings, concurrency=concurrency, burst=burst)
         return Worker(self.store, self.pipeline(), config, metrics=self.metrics)
 
     def batch_options(self, **chosen: object) -> BatchOptions:
@@ -121,6 +109,24 @@ class Services:
 
     async def aclose(self) -> None:
         await self._closers.aclose()
+
+
+def worker_config(
+    settings: Settings, *, concurrency: int | None = None, burst: bool = False
+) -> WorkerConfig:
+    """The worker's knobs from settings; ``concurrency`` (a command-line flag) wins."""
+    return WorkerConfig(
+        concurrency=concurrency or settings.concurrency,
+        concurrency_auto_max=settings.concurrency_auto_max,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        poll_s=settings.poll_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        status_flush_ms=settings.status_flush_ms,
+        max_attempts=settings.max_attempts,
+        cache_scope=settings.cache_scope,
+        burst=burst,
+    )
 
 
 class NoProvider:

@@ -39,16 +39,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    concurrency: int | None = None  # None: follow the limiter (Little's law)
-    concurrency_auto_max: int = 1000
-    lease_s: float = 60.0
-    heartbeat_s: float = 10.0
-    poll_s: float = 2.0
-    shutdown_grace_s: float = 30.0
-    status_flush_ms: int = 100
-    max_attempts: int = 5
+    """The worker's knobs. Those a user can set come from :class:`~bulkgen.settings.Settings`
+    through ``service.worker_config`` and have no default here; only the run mode does."""
+
+    concurrency: int | None  # None: follow the limiter (Little's law)
+    concurrency_auto_max: int
+    lease_s: float
+    heartbeat_s: float
+    poll_s: float
+    shutdown_grace_s: float
+    status_flush_ms: int
+    max_attempts: int
+    cache_scope: Literal["account", "global"]
     burst: bool = False
-    cache_scope: Literal["account", "global"] = "account"
 
 
 class Worker:

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerConfig:
     """The worker's knobs. Those a user can set come from :class:`~bulkgen.settings.Settings`
-    through ``service.worker_config`` and have no default here; only the run mode does."""
+    through ``service.worker_config`` and have no default here; only the run mode and a
+    tuning constant do."""
 
     concurrency: int | None  # None: follow the limiter (Little's law)
     concurrency_auto_max: int
@@ -52,6 +54,10 @@ class WorkerConfig:
     max_attempts: int
     cache_scope: Literal["account", "global"]
     burst: bool = False
+    # Batch plans a worker keeps, the least recently used dropped first. A plan is one small
+    # row and a miss costs one read by primary key, so a few dozen cover the batches a worker
+    # interleaves while its memory stays flat however many batches it sees in its life.
+    plan_cache_size: int = 64
 
 
 class Worker:
@@ -65,7 +71,7 @@ class Worker:
         self.metrics = metrics
         self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
-        self._plans: dict[uuid.UUID, asyncio.Future[BatchPlan]] = {}
+        self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -161,11 +167,17 @@ class Worker:
 
     async def _plan(self, batch_id: uuid.UUID) -> BatchPlan:
         """The batch's shared options and template, loaded once per worker (one in-flight
-        load per batch, however many of its jobs start at once)."""
+        load per batch, however many of its jobs start at once) and kept while the batch is
+        among the ``plan_cache_size`` most recently used; evicting one that is still loading
+        is harmless, its jobs hold the load they await."""
         loading = self._plans.get(batch_id)
         if loading is None:
             loading = asyncio.ensure_future(self._load_plan(batch_id))
             self._plans[batch_id] = loading
+            while len(self._plans) > self.config.plan_cache_size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(batch_id)
         try:
             return await asyncio.shield(loading)
         except BaseException:

@@ -22,6 +22,7 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
+from bulkgen.export import write_results
 from bulkgen.intake import MAX_BATCH_ROWS, load_file
 from bulkgen.options import BatchOptions, check_option, option_bounds, validate_options
 from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
@@ -319,7 +320,7 @@ def results(
     out: Annotated[Path, typer.Option(help="A folder (one .md per article) or a .jsonl file.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Export a batch's articles."""
+    """Export a batch's articles: one Markdown file each, or every job as JSON lines."""
     batch_id = _batch_id(batch)
 
     async def body() -> int:
@@ -328,29 +329,10 @@ def results(
         ) as svc:
             if await svc.store.batch_get(batch_id) is None:
                 raise ConfigError(f"no batch {batch_id}")
-            rows = [row async for row in svc.store.results_iter(batch_id)]
-        return _write_results(rows, out)
+            return await write_results(svc.store.results_iter(batch_id), out)
 
     written = _run(body())
     console.print(f"wrote {written} articles to {out}")
-
-
-def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
-    if out.suffix in (".jsonl", ".ndjson"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, default=str) + "\n")
-        return sum(1 for r in rows if r["status"] == "done")
-    out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for row in rows:
-        if row["status"] != "done":
-            continue
-        slug = re.sub(r"[^a-z0-9]+", "-", row["input"]["keyword"].lower()).strip("-")[:80]
-        (out / f"{row['id']}-{slug or 'article'}.md").write_text(row["content"], encoding="utf-8")
-        written += 1
-    return written
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bulkgen import logs
+from bulkgen import __version__, logs
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
@@ -30,10 +30,29 @@ from bulkgen.service import Services, services
 from bulkgen.settings import Settings
 from bulkgen.simulator.cli import simulate
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+HELP = """\
+Generate one article per keyword, for batches of 50 to 10,000 keywords, through OpenAI or
+any OpenAI-compatible API: as fast as the provider's rate limits allow, and every job ends
+done with its content or failed with its reason, never silently empty.
+
+Start with `bulkgen demo`: a 200-article batch against the built-in simulator, nothing to
+set up. Then, with your own keywords:
+
+* `bulkgen submit keywords.csv`: enqueue a batch from a CSV or JSONL file, print its id
+* `bulkgen worker --burst`: run the queued jobs, then exit
+* `bulkgen status BATCH_ID`: progress, tokens, cost and errors
+* `bulkgen results BATCH_ID --out articles/`: export the articles
+
+Settings come from the environment: `DATABASE_URL`, `REDIS_URL`, `OPENAI_API_KEY`,
+`OPENAI_BASE_URL` and `BULKGEN_*` (such as `BULKGEN_MODEL`). With none set, bulkgen uses
+embedded PostgreSQL and the built-in simulator.
+"""
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=HELP, rich_markup_mode="markdown"
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
 app.add_typer(db_app, name="db")
-app.command("simulate", help="Serve the OpenAI-compatible simulator.")(simulate)
 
 console = Console()
 err = Console(stderr=True)
@@ -43,6 +62,25 @@ DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Embedded PostgreSQL data folder.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="End with a JSON summary line.")]
+BatchArg = Annotated[str, typer.Argument(help="The batch id that submit printed.")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"bulkgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -83,7 +121,11 @@ def demo(
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a whole batch against the simulator, with progress bars and a summary."""
+    """Run a batch end to end on this machine, with live progress and a summary.
+
+    Uses the built-in simulator and (without DATABASE_URL) embedded PostgreSQL: nothing
+    to set up, nothing billed.
+    """
     logs.configure(logging.ERROR)
     settings = _settings(data_dir)
     report = _run(run_demo(settings, jobs=jobs, console=console, show=not as_json))
@@ -226,7 +268,15 @@ def _budget(text: str | None) -> Decimal | None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(min=1, max=10_000)] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help="Jobs in flight at most [default: $BULKGEN_CONCURRENCY, else as the rate allows]",
+            show_default=False,
+        ),
+    ] = None,
     burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -241,7 +291,7 @@ def worker(
 
 
 @app.command()
-def cancel(batch: str, data_dir: DataDir = None) -> None:
+def cancel(batch: BatchArg, data_dir: DataDir = None) -> None:
     """Cancel a batch: queued jobs end at once, running ones end when their call returns."""
     batch_id = _batch_id(batch)
 
@@ -258,8 +308,8 @@ def cancel(batch: str, data_dir: DataDir = None) -> None:
 
 
 @app.command()
-def status(batch: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
-    """Counts, tokens and errors of a batch."""
+def status(batch: BatchArg, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Show a batch's progress: job counts, tokens, cost and errors."""
     batch_id = _batch_id(batch)
 
     async def body() -> None:
@@ -316,7 +366,7 @@ def _status_cell(key: str, value: object) -> str:
 
 @app.command()
 def results(
-    batch: str,
+    batch: BatchArg,
     out: Annotated[Path, typer.Option(help="A folder (one .md per article) or a .jsonl file.")],
     data_dir: DataDir = None,
 ) -> None:
@@ -333,6 +383,9 @@ def results(
 
     written = _run(body())
     console.print(f"wrote {written} articles to {out}")
+
+
+app.command("simulate", help="Serve the OpenAI-compatible simulator on its own.")(simulate)
 
 
 def main() -> None:

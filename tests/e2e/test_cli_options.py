@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,15 @@ def test_a_flag_out_of_bounds_names_the_flag_and_enqueues_nothing(
     assert "row 2, field 'target_words'" in result.stderr
     assert "between 50 and 20000" in result.stderr
     assert asyncio.run(_batch_count(database_url)) == 0
+
+
+def test_version_and_help_speak_to_a_user() -> None:
+    shown = _bulkgen("--version", env=_env())
+    assert shown.returncode == 0
+    assert shown.stdout.strip() == f"bulkgen {version('bulkgen')}"
+    helped = _bulkgen("--help", env=_env())
+    assert helped.returncode == 0
+    text = " ".join(helped.stdout.split())
+    assert "one article per keyword" in text
+    assert "bulkgen demo" in text and "bulkgen submit" in text and "--version" in text
+    assert "asyncio" not in text

@@ -283,7 +283,7 @@ class BudgetLedger:
         load: BudgetLoader,
         *,
         prices: PriceTable | None = None,
-        wait_s: float = 30.0,
+        wait_s: float,
         poll_s: float = 0.02,
         max_poll_s: float = 0.25,
         metrics: Metrics = default_metrics,

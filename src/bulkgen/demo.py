@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from importlib import resources
 
 from rich.console import Console
 from rich.table import Table
 
-from bulkgen.intake import BatchOptions, JobInput, parse_csv
+from bulkgen.intake import JobInput, parse_csv
 from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
 from bulkgen.progress import batch_progress
@@ -98,7 +98,9 @@ async def _peak_connections(svc: Services) -> AsyncIterator[list[int]]:
 
 
 async def run_demo(settings: Settings, *, jobs: int, console: Console, show: bool) -> DemoReport:
-    async with SimulatorProcess(DEMO_SIMULATOR) as sim:
+    # The batch takes the fleet's default model (BULKGEN_MODEL); the simulator serves it.
+    models = tuple(dict.fromkeys((*DEMO_SIMULATOR.models, settings.model)))
+    async with SimulatorProcess(replace(DEMO_SIMULATOR, models=models)) as sim:
         provider = OpenAICompatProvider(
             sim.base_url, SIMULATOR_API_KEY, timeout_s=settings.provider_timeout_s
         )
@@ -106,7 +108,7 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
         try:
             async with services(settings, provider=provider, metrics=metrics) as svc:
                 rows = demo_keywords(jobs)
-                batch_id = await svc.submit(rows, BatchOptions(model="gpt-4o"), account="demo")
+                batch_id = await svc.submit(rows, svc.batch_options(), account="demo")
                 started = time.monotonic()
                 progress = (
                     batch_progress(svc.store, batch_id, len(rows), console)

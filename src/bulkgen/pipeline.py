@@ -28,10 +28,11 @@ from bulkgen.errors import (
     StorageError,
 )
 from bulkgen.formatting import format_article, validate_completion
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.limits import LimitKey, RateGovernor
 from bulkgen.metrics import Metrics
 from bulkgen.models import ChatRequest, Completion, JobStatus, Usage
+from bulkgen.options import BatchOptions
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import Provider
 from bulkgen.retry import RetryPolicy

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bulkgen.options import MaxTokens, ModelName
+
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
@@ -54,8 +56,10 @@ class Settings(BaseSettings):
     status_flush_ms: int = Field(default=100, ge=1)
 
     # Generation.
-    model: str = "gpt-4o"
-    max_tokens: int = Field(default=1500, ge=1)
+    # The fleet's default model and answer length, for batches submitted without them
+    # (typed and bounded as the batch options they become; see options.py).
+    model: ModelName = "gpt-4o"
+    max_tokens: MaxTokens = 1500
     max_attempts: int = Field(default=5, ge=1, le=100)
     min_words: int = Field(default=30, ge=0)
     provider_timeout_s: float = Field(default=120.0, gt=0)

@@ -29,15 +29,16 @@ import signal
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
-from bulkgen.intake import validate_options
 from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
+from bulkgen.options import stored_options
 from bulkgen.pipeline import BatchPlan, Pipeline
 from bulkgen.prompts import PromptTemplate
 
@@ -46,16 +47,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    concurrency: int | None = None  # None: follow the limiter (Little's law)
-    concurrency_auto_max: int = 1000
-    lease_s: float = 60.0
-    heartbeat_s: float = 10.0
-    poll_s: float = 2.0
-    shutdown_grace_s: float = 30.0
-    status_flush_ms: int = 100
-    max_attempts: int = 5
+    """The worker's knobs. Those a user can set come from :class:`~bulkgen.settings.Settings`
+    through ``service.worker_config`` and have no default here; only the run mode and a
+    tuning constant do."""
+
+    concurrency: int | None  # None: follow the limiter (Little's law)
+    concurrency_auto_max: int
+    lease_s: float
+    heartbeat_s: float
+    poll_s: float
+    shutdown_grace_s: float
+    status_flush_ms: int
+    max_attempts: int
+    cache_scope: Literal["account", "global"]
     burst: bool = False
-    cache_scope: Literal["account", "global"] = "account"
+    # Batch plans a worker keeps, the least recently used dropped first. A plan is one small
+    # row and a miss costs one read by primary key, so a few dozen cover the batches a worker
+    # interleaves while its memory stays flat however many batches it sees in its life.
+    plan_cache_size: int = 64
 
 
 class Worker:
@@ -69,7 +78,7 @@ class Worker:
         self.metrics = metrics
         self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
-        self._plans: dict[uuid.UUID, asyncio.Future[BatchPlan]] = {}
+        self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         # Held while claiming and while looking for unrun jobs, so a claim whose rows are
@@ -177,11 +186,17 @@ class Worker:
 
     async def _plan(self, batch_id: uuid.UUID) -> BatchPlan:
         """The batch's shared options and template, loaded once per worker (one in-flight
-        load per batch, however many of its jobs start at once)."""
+        load per batch, however many of its jobs start at once) and kept while the batch is
+        among the ``plan_cache_size`` most recently used; evicting one that is still loading
+        is harmless, its jobs hold the load they await."""
         loading = self._plans.get(batch_id)
         if loading is None:
             loading = asyncio.ensure_future(self._load_plan(batch_id))
             self._plans[batch_id] = loading
+            while len(self._plans) > self.config.plan_cache_size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(batch_id)
         try:
             return await asyncio.shield(loading)
         except BaseException:
@@ -195,7 +210,7 @@ class Worker:
             raise ConfigError(f"batch {batch_id} does not exist")
         return BatchPlan(
             account_id=batch.account_id,
-            options=validate_options(batch.options),
+            options=stored_options(batch.options),
             template=PromptTemplate.from_text(batch.template),
             cache_scope_mode=self.config.cache_scope,
         )

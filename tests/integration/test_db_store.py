@@ -21,7 +21,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=5)
+    pool = await create_pool(database_url, max_size=5, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:
@@ -155,7 +155,9 @@ async def test_cancel_stops_queued_jobs_at_once(store: Store) -> None:
 
 async def test_unreachable_database_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="cannot connect"):
-        await create_pool("postgresql://postgres@127.0.0.1:1/none", max_size=2)
+        await create_pool(
+            "postgresql://postgres@127.0.0.1:1/none", max_size=2, min_size=1, command_timeout_s=5.0
+        )
 
 
 async def test_prune_removes_only_old_finished_batches(store: Store) -> None:

@@ -6,6 +6,7 @@ Run as a script, this file is the worker side: ``python test_limits_fleet.py MOD
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bulkgen.errors import RateLimited
-from bulkgen.limits import GovernorConfig, LimitKey, PolicyConfig, build_governor
+from bulkgen.limits import LimitKey, PolicyConfig, build_governor, governor_config
 from bulkgen.models import Completion, Usage
 from bulkgen.settings import Settings
 
@@ -51,8 +52,10 @@ async def _hammer(redis_url: str, rpm: int, start_at: float, duration_s: float) 
 async def _hold(redis_url: str, lease_ttl_s: float) -> None:
     """Take the only concurrency lease and never give it back (until killed)."""
     client = aioredis.Redis.from_url(redis_url)
-    config = GovernorConfig(
-        policy=PolicyConfig(rpm=60_000, max_concurrency=1), lease_ttl_s=lease_ttl_s
+    config = dataclasses.replace(
+        governor_config(Settings()),
+        policy=PolicyConfig(rpm=60_000, max_concurrency=1),
+        lease_ttl_s=lease_ttl_s,
     )
     gov = await build_governor(Settings(), client, config=config)
     async with gov.slot(KEY, 10):
@@ -124,8 +127,10 @@ async def test_a_crashed_holders_lease_expires(redis_url: str) -> None:
     await holder.wait()
     killed_at = time.monotonic()
     client = aioredis.Redis.from_url(redis_url)
-    config = GovernorConfig(
-        policy=PolicyConfig(rpm=60_000, max_concurrency=1), lease_ttl_s=lease_ttl_s
+    config = dataclasses.replace(
+        governor_config(Settings()),
+        policy=PolicyConfig(rpm=60_000, max_concurrency=1),
+        lease_ttl_s=lease_ttl_s,
     )
     gov = await build_governor(Settings(), client, config=config)
     with pytest.raises(TimeoutError):  # the dead process still holds the only lease...

@@ -30,7 +30,7 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def create_pool(
-    dsn: str, *, max_size: int, min_size: int = 1, command_timeout_s: float = 30.0
+    dsn: str, *, max_size: int, min_size: int, command_timeout_s: float
 ) -> asyncpg.Pool[Any]:
     try:
         pool = await asyncpg.create_pool(

@@ -45,7 +45,7 @@ class StatusWriter:
         store: Store,
         worker_id: uuid.UUID,
         *,
-        flush_ms: int = 100,
+        flush_ms: int,
         max_rows: int = 500,
         metrics: Metrics | None = None,
     ) -> None:

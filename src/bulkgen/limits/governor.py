@@ -68,13 +68,16 @@ class ReconcileMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GovernorConfig:
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    breaker_failures: int = 10
-    breaker_cooldown_s: float = 30.0
+    """The governor's knobs. Those a user can set come from :class:`Settings` through
+    :func:`governor_config` and have no default here; the rest are tuning constants."""
+
+    policy: PolicyConfig
+    breaker_failures: int
+    breaker_cooldown_s: float
+    lease_ttl_s: float  # > provider timeout: a live call never loses its lease
+    max_pause_s: float
     burst_s: float = 1.0  # at most this much of a minute's budget at once (see policy.py)
-    lease_ttl_s: float = 125.0  # > provider timeout: a live call never loses its lease
     default_pause_s: float = 1.0  # a 429 without any retry hint
-    max_pause_s: float = 600.0
     max_poll_s: float = 1.0  # look again at least this often while waiting
     reconcile: ReconcileMode = ReconcileMode.CHARGE
 

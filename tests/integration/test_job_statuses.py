@@ -21,7 +21,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=3)
+    pool = await create_pool(database_url, max_size=3, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:
@@ -118,7 +118,7 @@ async def test_a_database_with_formatting_jobs_upgrades(
     upgrade = [m for m in every if m[1] == "0004_drop_formatting_status.sql"]
     assert upgrade, "the migration that drops 'formatting' is packaged"
     older = [m for m in every if m[0] < upgrade[0][0]]
-    pool = await create_pool(blank_database_url, max_size=2)
+    pool = await create_pool(blank_database_url, max_size=2, min_size=1, command_timeout_s=60.0)
     try:
         monkeypatch.setattr(migrate_module, "available_migrations", lambda: older)
         assert await migrate_module.migrate(pool) == [name for _, name, _ in older]

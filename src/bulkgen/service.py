@@ -23,7 +23,7 @@ from bulkgen.db.embedded import start_embedded
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
-from bulkgen.errors import ConfigError
+from bulkgen.errors import ConfigError, InputError
 from bulkgen.intake import BatchOptions, JobInput
 from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
@@ -33,6 +33,7 @@ from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import OpenAICompatProvider, Provider
+from bulkgen.renderer import RenderLimits, TemplateRenderer
 from bulkgen.retry import RetryPolicy
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
@@ -58,6 +59,7 @@ class Services:
     _closers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     budget: BudgetLedger | None = None  # one per process: every pipeline shares its ledger
     prices: PriceTable = field(default_factory=default_price_table)
+    renderer: TemplateRenderer = field(default_factory=TemplateRenderer)  # starts nothing yet
 
     def pipeline(self) -> Pipeline:
         return Pipeline(
@@ -67,6 +69,7 @@ class Services:
             retry=RetryPolicy.from_settings(self.settings),
             config=PipelineConfig(min_words=self.settings.min_words),
             metrics=self.metrics,
+            renderer=self.renderer,
             budget=self.budget,
         )
 
@@ -94,12 +97,15 @@ class Services:
         account: str = "default",
         budget_usd: Decimal | None = None,
     ) -> uuid.UUID:
-        """Enqueue a batch atomically; the template is checked before anything is written."""
+        """Enqueue a batch atomically; the template is checked before anything is written,
+        down to rendering the first row within the render limits."""
         template = (
             PromptTemplate.from_text(options.template)
             if options.template
             else PromptTemplate.default()
         )
+        if rows:
+            await self._render_first(template, rows[0], options)
         account_id = await self.store.account_ensure(account)
         stored_options: dict[str, Any] = {
             k: v for k, v in asdict(options).items() if k != "template"
@@ -116,7 +122,18 @@ class Services:
             budget_usd=budget_usd,
         )
 
+    async def _render_first(
+        self, template: PromptTemplate, row: JobInput, options: BatchOptions
+    ) -> None:
+        """A template that cannot render (undefined variable, unsafe access, too slow, too
+        long) is refused here, whole, instead of failing every job one by one."""
+        try:
+            await self.renderer.render(template, row.template_variables(row.options(options)))
+        except InputError as exc:
+            raise InputError(f"the prompt template cannot render it: {exc}", row=1) from exc
+
     async def aclose(self) -> None:
+        await self.renderer.aclose()
         await self._closers.aclose()
 
 
@@ -214,6 +231,12 @@ async def open_services(
         _closers=stack,
         budget=_budget_ledger(settings, store, prices, redis, metrics),
         prices=prices,
+        renderer=TemplateRenderer(
+            RenderLimits(
+                timeout_s=settings.template_render_timeout_s,
+                max_chars=settings.prompt_max_chars,
+            )
+        ),
     )
 
 

@@ -208,7 +208,7 @@ class TemplateRenderer:
         if len(self._slow) >= MAX_QUARANTINED:
             self._slow.clear()
         self._slow.add(version)
-        logger.warning("template.quarantined", extra={"template_version": version})
+        logger.info("template.quarantined", extra={"template_version": version})
 
     async def aclose(self) -> None:
         """Kill every child; renders after this raise."""

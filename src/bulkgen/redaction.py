@@ -105,8 +105,11 @@ class RedactingFilter(logging.Filter):
     values and its traceback before any formatter sees them, whatever logged it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
-        record.args = None
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken logging call: the handler reports it, as without us
+            return True
+        record.msg, record.args = redact(message), None
         for name, value in list(vars(record).items()):
             if name not in _STANDARD and not isinstance(value, int | float | None):
                 setattr(record, name, redact(str(value)))  # numbers hold no key

@@ -134,3 +134,9 @@ async def test_the_simulators_echo_auth_fault_quotes_the_key() -> None:
     assert f"Bearer {KEY}" in message
     assert f"{KEY[:6]}...{KEY[-4:]}" in message
     assert stats["faults"]["echo_auth"] == 1
+
+
+def test_a_broken_logging_call_still_reaches_the_handler() -> None:
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "%d items", ("many",), None)
+    assert RedactingFilter().filter(record)
+    assert record.args == ("many",)

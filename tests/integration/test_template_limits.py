@@ -24,7 +24,7 @@ LOOPS = "{% for i in range(100000) %}{% for j in range(2500) %}{% endfor %}{% en
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        (LOOPS + "About {{ keyword }}", r"took longer than 0\.5 s"),
+        (LOOPS + "About {{ keyword }}", "took longer than 1 s"),
         ("About {{ keyword }} in {{ citty }}", "'citty' is undefined"),
         ("About {{ keyword.__class__.__mro__ }}", "unsafe"),
         ("{% for i in range(100000) %}{{ keyword }}{% endfor %}", "more than 1000 characters"),
@@ -35,7 +35,7 @@ async def test_submit_refuses_a_template_that_cannot_render_the_first_row(
 ) -> None:
     async with running_simulator(QUICK_SIM) as base_url:
         settings = make_settings(
-            database_url, base_url, template_render_timeout_s=0.5, prompt_max_chars=1000
+            database_url, base_url, template_render_timeout_s=1.0, prompt_max_chars=1000
         )
         svc = await start(settings)
         try:
@@ -64,7 +64,7 @@ async def test_rows_the_template_cannot_render_fail_once_as_invalid_input(
     ]
     async with running_simulator(QUICK_SIM) as base_url:
         settings = make_settings(
-            database_url, base_url, template_render_timeout_s=0.5, max_attempts=3
+            database_url, base_url, template_render_timeout_s=1.0, max_attempts=3
         )
         svc = await start(settings)
         try:
@@ -83,5 +83,5 @@ async def test_rows_the_template_cannot_render_fail_once_as_invalid_input(
     assert sorted(failed) == ["keyword 1", "keyword 2", "keyword 3"]
     for job in failed.values():
         assert (job["error_kind"], job["attempts"]) == ("invalid_input", 1)
-    assert "took longer than 0.5 s" in failed["keyword 1"]["error_message"]
+    assert "took longer than 1 s" in failed["keyword 1"]["error_message"]
     assert "unsafe" in failed["keyword 2"]["error_message"]

@@ -42,8 +42,12 @@ class SlowProvider:
 
 @pytest.fixture
 async def renderer() -> AsyncIterator[TemplateRenderer]:
-    renderer = TemplateRenderer()
+    """Started before the test: a job's first render would otherwise wait for a process to
+    start, far longer than the moments these tests give one job to get ahead of another."""
+    renderer = TemplateRenderer(processes=1)
+    variables = {"keyword": "k", "tone": "plain", "language": "English", "target_words": 100}
     try:
+        await renderer.render(PromptTemplate.default(), variables)
         yield renderer
     finally:
         await renderer.aclose()

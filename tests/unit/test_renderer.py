@@ -20,7 +20,7 @@ STALL = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% 
 
 @pytest.fixture
 async def renderer() -> AsyncIterator[TemplateRenderer]:
-    renderer = TemplateRenderer(RenderLimits(timeout_s=0.5, max_chars=10_000), processes=1)
+    renderer = TemplateRenderer(RenderLimits(timeout_s=1.0, max_chars=10_000), processes=1)
     try:
         yield renderer
     finally:
@@ -50,7 +50,7 @@ async def test_a_stalling_template_fails_as_input_while_the_loop_keeps_ticking(
 
     ticker = asyncio.create_task(heartbeat_like())
     try:
-        with pytest.raises(InputError, match=r"took longer than 0\.5 s"):
+        with pytest.raises(InputError, match="took longer than 1 s"):
             await renderer.render(PromptTemplate.from_text(STALL), BASE)
     finally:
         ticker.cancel()

@@ -15,6 +15,7 @@ our types::
     ├── BudgetExceeded              a batch's spending cap would be passed
     ├── BudgetContended             the rest of a cap is held by calls still in flight
     ├── RequestTooLarge             one request is bigger than the whole token budget
+    ├── RendererUnavailable         no process to render prompts in could be started
     └── ProviderError               one provider call failed; knows if a retry may help
         ├── RateLimited             429 rate_limit_exceeded (snooze, never burns an attempt)
         ├── QuotaExhausted          429 insufficient_quota (fails at once)
@@ -77,6 +78,11 @@ class BudgetContended(BulkgenError):
 
 class RequestTooLarge(BulkgenError):
     """A single request needs more tokens than the whole per-minute budget: it can never run."""
+
+
+class RendererUnavailable(BulkgenError):
+    """A prompt render process could not be started: the worker's trouble, not the job's,
+    so the job waits (no attempt burnt) as it does for a database blip."""
 
 
 class ProviderError(BulkgenError):

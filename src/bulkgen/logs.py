@@ -3,6 +3,8 @@
 Code logs events (``logger.warning("job.failed", extra={"job_id": 1, ...})``); this
 formatter prints the event name followed by the extra fields, so a log line carries the
 job, the attempt and the error kind without string formatting at the call site.
+Every line passes :class:`~bulkgen.redaction.RedactingFilter` first: whatever a library or
+a traceback quotes, no API key reaches the output.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 from typing import TextIO
+
+from bulkgen.redaction import RedactingFilter
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -23,8 +27,8 @@ class EventFormatter(logging.Formatter):
         line = f"{self.formatTime(record)} {record.levelname:<7} {record.getMessage()}"
         if context:
             line += " " + context
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info:  # exc_text: the traceback as the redacting filter left it
+            line += "\n" + (record.exc_text or self.formatException(record.exc_info))
         return line
 
 
@@ -48,6 +52,7 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(EventFormatter())
     handler.addFilter(DriverTracebackFilter())
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

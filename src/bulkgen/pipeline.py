@@ -25,6 +25,7 @@ from bulkgen.errors import (
     BudgetExceeded,
     BulkgenError,
     InputError,
+    RendererUnavailable,
     StorageError,
 )
 from bulkgen.formatting import format_article, validate_completion
@@ -35,6 +36,7 @@ from bulkgen.models import ChatRequest, Completion, JobStatus, Usage
 from bulkgen.options import BatchOptions
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import Provider
+from bulkgen.renderer import TemplateRenderer
 from bulkgen.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 BUDGET_RETRY_S = 5.0
 STORAGE_RETRY_S = 1.0
+RENDERER_RETRY_S = 5.0
 
 # A rough, provider-agnostic prompt size: the admission reserves this plus max_tokens and
 # reconciles with the provider's own usage count afterwards.
@@ -86,9 +89,11 @@ class Pipeline:
         retry: RetryPolicy,
         config: PipelineConfig,
         metrics: Metrics,
+        renderer: TemplateRenderer,
         budget: BudgetLedger | None = None,
     ) -> None:
         self.budget = budget
+        self.renderer = renderer
         self.provider = provider
         self.governor = governor
         self.singleflight = singleflight
@@ -108,8 +113,9 @@ class Pipeline:
             return 1
         return sum(self.governor.concurrency_limit(key) for key in self._limit_keys)
 
-    def build_request(self, job: ClaimedJob, plan: BatchPlan) -> ChatRequest:
-        """The exact request a job sends; also what its cache key is made of."""
+    async def build_request(self, job: ClaimedJob, plan: BatchPlan) -> ChatRequest:
+        """The exact request a job sends; also what its cache key is made of. The prompt
+        renders in a child process, so a slow template never stalls the event loop."""
         job_input = JobInput(
             keyword=job.input["keyword"],
             variables=job.input.get("variables", {}),
@@ -119,9 +125,10 @@ class Pipeline:
         max_tokens = options.max_tokens
         if job.max_tokens_grown:
             max_tokens = int(max_tokens * self.config.max_tokens_growth)
+        messages = await self.renderer.render(plan.template, job_input.template_variables(options))
         return ChatRequest(
             model=options.model,
-            messages=plan.template.render(job_input.template_variables(options)),
+            messages=messages,
             max_tokens=max_tokens,
             temperature=options.temperature,
         )
@@ -130,7 +137,7 @@ class Pipeline:
         started = time.monotonic()
         receipt = Receipt()
         try:
-            request = self.build_request(job, plan)
+            request = await self.build_request(job, plan)
             key = cache_key(
                 scope=cache_scope(plan.cache_scope_mode, str(plan.account_id)),
                 base_url=self.provider.base_url,
@@ -152,6 +159,9 @@ class Pipeline:
             return self._budget_wait(job, exc)
         except StorageError as exc:  # a database blip is not the job's fault
             return RetryRow(job.id, STORAGE_RETRY_S, 0, 0, False, "storage", str(exc))
+        except RendererUnavailable as exc:  # nor is a worker that cannot start a process
+            logger.warning("job.renderer_unavailable", extra={"job_id": job.id, "error": str(exc)})
+            return RetryRow(job.id, RENDERER_RETRY_S, 0, 0, False, "renderer", str(exc))
         except BulkgenError as exc:
             return _billed(self._on_error(job, exc), receipt)
         cached = source != "provider"

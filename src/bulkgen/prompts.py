@@ -15,6 +15,13 @@ statement cannot span two sections. Messages that render blank are dropped.
 instead of sending a prompt with a hole in it. Autoescaping is off: the output is a
 prompt, not HTML. Use ``{% if name is defined %}`` for optional variables.
 
+**Bounds.** The sandbox limits what a template may touch, not how long it runs: nested
+loops (each ``range`` within the sandbox's cap) or a filter asked for a huge string can run
+for minutes inside one call no thread can interrupt. :meth:`PromptTemplate.render` bounds the
+output (``max_chars``, checked while rendering, so a runaway loop stops early) and turns
+every failure a template can cause (an unsafe access included) into :class:`InputError`;
+time and memory are bounded by running it in a child process, see :mod:`bulkgen.renderer`.
+
 ``version`` is ``sha256(text)[:16]`` and is part of the result-cache key: editing a
 template can never serve articles written for the old one.
 """
@@ -71,11 +78,16 @@ class PromptTemplate:
         _compile(text)
         return cls(text=text, version=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
 
-    def render(self, variables: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
-        """The messages for one job, content stripped; undefined variable -> InputError."""
+    def render(
+        self, variables: Mapping[str, object], *, max_chars: int | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """The messages for one job, content stripped. Whatever goes wrong because of the
+        template or the variables (undefined variable, unsafe access, more than
+        ``max_chars`` characters in all) -> :class:`InputError`."""
         messages: list[tuple[str, str]] = []
+        budget = _Budget(max_chars)
         for role, template in _compile(self.text):
-            content = _render_section(template, variables).strip()
+            content = _render_section(template, variables, budget).strip()
             if content:
                 messages.append((role, content))
         if not messages:
@@ -83,9 +95,29 @@ class PromptTemplate:
         return tuple(messages)
 
 
-def _render_section(template: jinja2.Template, variables: Mapping[str, object]) -> str:
+class _Budget:
+    """Characters left for the whole prompt, spent chunk by chunk as the template yields."""
+
+    def __init__(self, max_chars: int | None) -> None:
+        self.max_chars = max_chars
+        self.left = max_chars
+
+    def spend(self, chunk: str) -> None:
+        if self.left is None:
+            return
+        self.left -= len(chunk)
+        if self.left < 0:
+            raise InputError(f"the prompt template rendered more than {self.max_chars} characters")
+
+
+def _render_section(
+    template: jinja2.Template, variables: Mapping[str, object], budget: _Budget
+) -> str:
+    chunks: list[str] = []
     try:
-        return template.render(variables)
+        for chunk in template.generate(variables):
+            budget.spend(chunk)
+            chunks.append(chunk)
     except jinja2.UndefinedError as exc:
         match = _UNDEFINED.match(str(exc.message or ""))
         if match:
@@ -93,9 +125,12 @@ def _render_section(template: jinja2.Template, variables: Mapping[str, object]) 
             raise InputError(f"template variable {name!r} is undefined", field=name) from exc
         raise InputError(f"template refers to something undefined: {exc.message}") from exc
     except SecurityError as exc:
-        raise ConfigError(f"prompt template did something unsafe: {exc}") from exc
+        raise InputError(f"prompt template did something unsafe: {exc}") from exc
+    except RecursionError as exc:
+        raise InputError("prompt template recursed too deeply") from exc
     except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
         raise InputError(f"prompt template failed to render: {exc}") from exc
+    return "".join(chunks)
 
 
 def _split(text: str) -> list[tuple[str, int, str]]:
@@ -133,3 +168,5 @@ def _parse(source: str, *, first_line: int) -> jinja2.Template:
     except jinja2.TemplateSyntaxError as exc:
         line = (exc.lineno or 1) + first_line - 1
         raise ConfigError(f"prompt template syntax error at line {line}: {exc.message}") from exc
+    except (RecursionError, SyntaxError) as exc:  # Jinja's parser or Python's compiler gave up
+        raise ConfigError("prompt template is nested too deeply to compile") from exc

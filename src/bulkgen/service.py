@@ -24,7 +24,7 @@ from bulkgen.db.embedded import start_embedded
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
-from bulkgen.errors import ConfigError
+from bulkgen.errors import ConfigError, InputError
 from bulkgen.intake import JobInput
 from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
@@ -35,6 +35,7 @@ from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import OpenAICompatProvider, Provider
+from bulkgen.renderer import RenderLimits, TemplateRenderer
 from bulkgen.retry import RetryPolicy
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
@@ -55,6 +56,7 @@ class Services:
     governor: RateGovernor
     singleflight: SingleFlight
     metrics: Metrics
+    renderer: TemplateRenderer  # one per process; its children start on the first render
     redis: aioredis.Redis | None = None
     database_url: str = ""
     _closers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -69,6 +71,7 @@ class Services:
             retry=RetryPolicy.from_settings(self.settings),
             config=PipelineConfig(min_words=self.settings.min_words),
             metrics=self.metrics,
+            renderer=self.renderer,
             budget=self.budget,
         )
 
@@ -88,12 +91,15 @@ class Services:
         account: str = "default",
         budget_usd: Decimal | None = None,
     ) -> uuid.UUID:
-        """Enqueue a batch atomically; the template is checked before anything is written."""
+        """Enqueue a batch atomically; the template is checked before anything is written,
+        down to rendering the first row within the render limits."""
         template = (
             PromptTemplate.from_text(options.template)
             if options.template
             else PromptTemplate.default()
         )
+        if rows:
+            await self._render_first(template, rows[0], options)
         account_id = await self.store.account_ensure(account)
         stored_options = options.model_dump(exclude={"template"})
         inputs = [
@@ -108,7 +114,18 @@ class Services:
             budget_usd=budget_usd,
         )
 
+    async def _render_first(
+        self, template: PromptTemplate, row: JobInput, options: BatchOptions
+    ) -> None:
+        """A template that cannot render (undefined variable, unsafe access, too slow, too
+        long) is refused here, whole, instead of failing every job one by one."""
+        try:
+            await self.renderer.render(template, row.template_variables(row.options(options)))
+        except InputError as exc:
+            raise InputError(f"the prompt template cannot render it: {exc}", row=1) from exc
+
     async def aclose(self) -> None:
+        await self.renderer.aclose()
         await self._closers.aclose()
 
 
@@ -224,6 +241,12 @@ async def open_services(
         _closers=stack,
         budget=_budget_ledger(settings, store, prices, redis, metrics),
         prices=prices,
+        renderer=TemplateRenderer(
+            RenderLimits(
+                timeout_s=settings.template_render_timeout_s,
+                max_chars=settings.prompt_max_chars,
+            )
+        ),
     )
 
 

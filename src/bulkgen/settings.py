@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=100)
     min_words: int = Field(default=30, ge=0)
     provider_timeout_s: float = Field(default=120.0, gt=0)
+    # Prompt templates come from accounts: one render may take this long (in a child
+    # process, see bulkgen.renderer) and produce this many characters (~128k tokens).
+    template_render_timeout_s: float = Field(default=2.0, gt=0, le=600)
+    prompt_max_chars: int = Field(default=500_000, ge=1)
 
     # Retries.
     backoff_base_s: float = Field(default=1.0, ge=0)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
+
+import pytest
 
 from bulkgen.accounting import BudgetSeed
 from bulkgen.budget import BudgetLedger, MemoryLedger
@@ -17,6 +20,7 @@ from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.options import validate_options
 from bulkgen.pipeline import BatchPlan, Pipeline, PipelineConfig
 from bulkgen.prompts import PromptTemplate
+from bulkgen.renderer import RenderLimits, TemplateRenderer
 from bulkgen.retry import RetryPolicy
 from bulkgen.settings import Settings
 
@@ -36,7 +40,22 @@ class SlowProvider:
         return None
 
 
-async def _pipeline(load: object, *, delay_s: float, wait_s: float) -> Pipeline:
+@pytest.fixture
+async def renderer() -> AsyncIterator[TemplateRenderer]:
+    """Started before the test: a job's first render would otherwise wait for a process to
+    start, far longer than the moments these tests give one job to get ahead of another."""
+    renderer = TemplateRenderer(RenderLimits(timeout_s=2.0, max_chars=500_000), processes=1)
+    variables = {"keyword": "k", "tone": "plain", "language": "English", "target_words": 100}
+    try:
+        await renderer.render(PromptTemplate.default(), variables)
+        yield renderer
+    finally:
+        await renderer.aclose()
+
+
+async def _pipeline(
+    load: object, renderer: TemplateRenderer, *, delay_s: float, wait_s: float
+) -> Pipeline:
     settings = Settings(database_url="postgresql://unused/x", redis_url=None, rpm=100_000)
     metrics = Metrics()
     return Pipeline(
@@ -46,6 +65,7 @@ async def _pipeline(load: object, *, delay_s: float, wait_s: float) -> Pipeline:
         retry=RetryPolicy.from_settings(settings),
         config=PipelineConfig(min_words=10),
         metrics=metrics,
+        renderer=renderer,
         budget=BudgetLedger(MemoryLedger(), load, wait_s=wait_s, metrics=metrics),  # type: ignore[arg-type]
     )
 
@@ -57,11 +77,13 @@ def _job(i: int, batch_id: uuid.UUID) -> ClaimedJob:
 PLAN = BatchPlan(1, validate_options({"model": "gpt-4o"}, Settings()), PromptTemplate.default())
 
 
-async def test_a_cap_held_by_calls_in_flight_snoozes_instead_of_cancelling() -> None:
+async def test_a_cap_held_by_calls_in_flight_snoozes_instead_of_cancelling(
+    renderer: TemplateRenderer,
+) -> None:
     async def seed(batch_id: uuid.UUID) -> BudgetSeed:
         return BudgetSeed(Decimal("0.05"), Decimal(0))  # room for ~3 worst cases at once
 
-    pipeline = await _pipeline(seed, delay_s=0.3, wait_s=0.1)
+    pipeline = await _pipeline(seed, renderer, delay_s=0.3, wait_s=0.1)
     batch_id = uuid.uuid4()
     outcomes = await asyncio.gather(*(pipeline.run(_job(i, batch_id), PLAN) for i in range(10)))
     kinds = {type(o).__name__ for o in outcomes}
@@ -72,11 +94,11 @@ async def test_a_cap_held_by_calls_in_flight_snoozes_instead_of_cancelling() -> 
     assert any(isinstance(o, DoneRow) for o in outcomes)
 
 
-async def test_budget_waits_are_bounded_like_rate_limit_waits() -> None:
+async def test_budget_waits_are_bounded_like_rate_limit_waits(renderer: TemplateRenderer) -> None:
     async def seed(batch_id: uuid.UUID) -> BudgetSeed:
         return BudgetSeed(Decimal("0.02"), Decimal(0))  # one worst case at a time
 
-    pipeline = await _pipeline(seed, delay_s=0.3, wait_s=0.05)
+    pipeline = await _pipeline(seed, renderer, delay_s=0.3, wait_s=0.05)
     batch_id = uuid.uuid4()
     # This job already waited out almost the whole allowance (600 s by default).
     tired = ClaimedJob(2, batch_id, 1, {"keyword": "k"}, 0, 598_000, False)
@@ -92,11 +114,11 @@ async def test_budget_waits_are_bounded_like_rate_limit_waits() -> None:
     )
 
 
-async def test_a_database_blip_is_a_retry_without_an_attempt() -> None:
+async def test_a_database_blip_is_a_retry_without_an_attempt(renderer: TemplateRenderer) -> None:
     async def down(batch_id: uuid.UUID) -> BudgetSeed:
         raise StorageError("reading the batch budget failed: connection refused")
 
-    pipeline = await _pipeline(down, delay_s=0, wait_s=1)
+    pipeline = await _pipeline(down, renderer, delay_s=0, wait_s=1)
     outcome = await pipeline.run(_job(1, uuid.uuid4()), PLAN)
     assert isinstance(outcome, RetryRow)
     assert (outcome.error_kind, outcome.burnt) == ("storage", 0)

@@ -139,18 +139,33 @@ def test_text_before_first_marker_is_refused() -> None:
     assert "line 3" in str(info.value)
 
 
-def test_sandbox_blocks_unsafe_access() -> None:
+def test_sandbox_blocks_unsafe_access_as_the_rows_input_error() -> None:
     template = PromptTemplate.from_text("{{ keyword.__class__.__mro__[1].__subclasses__() }}")
-    with pytest.raises((ConfigError, InputError)):
+    with pytest.raises(InputError, match="unsafe"):
         template.render({"keyword": "x"})
 
 
 def test_sandbox_forbids_mutating_variables() -> None:
     items = ["a"]
     template = PromptTemplate.from_text("{{ items.append('b') }}{{ keyword }}")
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError, match="unsafe"):
         template.render({"items": items, "keyword": "k"})
     assert items == ["a"]
+
+
+def test_runaway_recursion_is_an_input_error() -> None:
+    template = PromptTemplate.from_text("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
+    with pytest.raises(InputError, match="recursed"):
+        template.render({})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{{ " + "(" * 300 + "1" + ")" * 300 + " }}", "{% if 1 %}" * 120 + "x" + "{% endif %}" * 120],
+)
+def test_nesting_too_deep_to_compile_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        PromptTemplate.from_text(text)
 
 
 def test_runtime_error_is_input_error() -> None:

@@ -16,13 +16,17 @@ Every translated error carries ``status_code``, the response headers (lower-case
 HTTP date). Retrying is never done here: the SDK runs with ``max_retries=0`` and the
 worker's :class:`~bulkgen.retry.RetryPolicy` decides, so one 429 cannot turn into a
 hidden burst of retries from every coroutine at once.
+
+Its message has every credential redacted (:mod:`bulkgen.redaction`: the configured key
+and anything shaped like one): gateways quote the ``Authorization`` header, OpenAI's 401
+quotes the key masked, and from here the message is logged, stored and shown.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, cast
 
 import httpx
@@ -41,6 +45,7 @@ from bulkgen.errors import (
 from bulkgen.limits.headers import retry_after_s
 from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.providers.base import api_key_id
+from bulkgen.redaction import redact, remember
 
 __all__ = ["OpenAICompatProvider", "api_key_id", "parse_retry_after_s", "translate_error"]
 
@@ -81,12 +86,22 @@ def _status_error_class(status: int, code: str | None) -> type[ProviderError]:
     return ProviderUnavailable
 
 
-def translate_error(exc: openai.OpenAIError, *, now_s: float) -> ProviderError:
-    """Map one SDK error to the bulkgen tree (see the module docstring for the table).
+def translate_error(
+    exc: openai.OpenAIError, *, now_s: float, secrets: Collection[str] = ()
+) -> ProviderError:
+    """Map one SDK error to the bulkgen tree (see the module docstring for the table), its
+    message redacted of ``secrets`` and of anything shaped like a credential, since from
+    here it is logged, stored in the job's row and shown.
 
     Unknown SDK errors become :class:`ProviderUnavailable` (retryable, attempts burnt) so
     they end as a loud ``failed`` after ``max_attempts`` instead of escaping untyped.
     """
+    error = _translate(exc, now_s=now_s)
+    error.args = (redact(str(error), secrets),)
+    return error
+
+
+def _translate(exc: openai.OpenAIError, *, now_s: float) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         headers = _lower_headers(exc.response.headers.items())
         code = _error_code(exc)
@@ -185,6 +200,8 @@ class OpenAICompatProvider:
     ) -> None:
         self.base_url = base_url
         self.api_key_id = api_key_id(api_key)
+        self._secrets = (api_key,)
+        remember(api_key)  # so the log filter knows it too, whatever its shape
         self._clock = clock
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         if http_client is None:
@@ -223,7 +240,7 @@ class OpenAICompatProvider:
             )
             body = raw.content
         except openai.OpenAIError as exc:
-            raise translate_error(exc, now_s=self._clock()) from exc
+            raise translate_error(exc, now_s=self._clock(), secrets=self._secrets) from exc
         latency_s = time.monotonic() - started_s
         headers = _lower_headers(raw.headers.items())
         if not 200 <= raw.status_code < 300:

@@ -1,8 +1,9 @@
 """The simulator as a raw ASGI application (no framework: it must serve >1,000 req/s).
 
 Order of checks per chat request, as OpenAI answers: authentication (401), validation
-(400/404), then one fault draw, then quota (``insufficient_quota``), then the rate limits
-(429), then server faults (5xx, hang, reset), then the completion with its content faults.
+(400/404), then one fault draw, then a gateway's 401 (``echo_auth``), then quota
+(``insufficient_quota``), then the rate limits (429), then server faults (5xx, hang,
+reset), then the completion with its content faults.
 The fault is drawn before the limiter looks, so the fault sequence depends only on the
 request sequence, never on timing.
 """
@@ -142,7 +143,27 @@ class SimulatorApp:
             body = protocol.error_body(message, "invalid_request_error", "model_not_found")
             await _respond(send, 404, body)
             return
-        await self._admitted_chat(call, self._faults.pick(), receive, send)
+        fault = self._faults.pick()
+        if fault == "echo_auth":
+            await self._echo_auth(scope, send)
+            return
+        await self._admitted_chat(call, fault, receive, send)
+
+    async def _echo_auth(self, scope: Scope, send: Send) -> None:
+        """A 401 that quotes the credentials it was sent, as some gateways do in front of
+        OpenAI, with the key also in the masked form of OpenAI's own 401."""
+        self.stats.faults["echo_auth"] += 1
+        self.stats.errors["401"] += 1
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        key = header.removeprefix("Bearer ").strip()
+        masked = f"{key[:6]}...{key[-4:]}" if len(key) > 12 else "***"
+        message = (
+            f"Upstream refused the request (Authorization: {header}). "
+            f"Incorrect API key provided: {masked}. "
+            "You can find your API key at https://platform.openai.com/account/api-keys."
+        )
+        body = protocol.error_body(message, "invalid_request_error", "invalid_api_key")
+        await _respond(send, 401, body)
 
     async def _admitted_chat(
         self, call: ChatCall, fault: str | None, receive: Receive, send: Send

@@ -25,8 +25,12 @@ FAULT_KINDS: tuple[str, ...] = (
     "truncate",
     "malformed",
     "429",
+    "echo_auth",
 )
-"""Fault kinds in the order their rates are stacked on one random draw per request."""
+"""Fault kinds in the order their rates are stacked on one random draw per request.
+
+``echo_auth`` is a careless gateway: a 401 whose message quotes the request's
+``Authorization`` header and the key in OpenAI's masked form."""
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini")
 

@@ -44,6 +44,9 @@ def simulate(
     fault_retry_after_ms: Annotated[
         float, typer.Option(help="The wait a '429' fault asks for, ms.")
     ] = 200.0,
+    managed: Annotated[
+        bool, typer.Option(hidden=True, help="Run by a parent process: ignore SIGINT.")
+    ] = False,
 ) -> None:
     """Serve an OpenAI-compatible API with rate limits, latency and injected faults."""
     try:
@@ -57,4 +60,4 @@ def simulate(
         )  # fmt: skip
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
-    serve(config, host, port)
+    serve(config, host, port, managed=managed)

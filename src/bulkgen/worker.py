@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
+from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.intake import validate_options
@@ -51,6 +51,36 @@ class WorkerConfig:
     cache_scope: Literal["account", "global"] = "account"
 
 
+@dataclass
+class WorkerTally:
+    """Outcomes this worker wrote since it started, for progress displays.
+
+    Counted once the database has taken the outcome, so a job another worker took over
+    (fenced out) is not counted here, and a job counts again each time it is retried.
+    """
+
+    done: int = 0
+    cached: int = 0  # of done: answered from the cache or an identical request in flight
+    failed: int = 0
+    cancelled: int = 0
+    retried: int = 0  # sent back to the queue: a retry later, or a rate-limit wait
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.cancelled
+
+    def count(self, outcome: Outcome) -> None:
+        if isinstance(outcome, DoneRow):
+            self.done += 1
+            self.cached += outcome.cached
+        elif isinstance(outcome, RetryRow):
+            self.retried += 1
+        elif outcome.status == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+
+
 class Worker:
     def __init__(
         self, store: Store, pipeline: Pipeline, config: WorkerConfig, *, metrics: Metrics
@@ -61,10 +91,16 @@ class Worker:
         self.config = config
         self.metrics = metrics
         self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
+        self.tally = WorkerTally()
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._plans: dict[uuid.UUID, asyncio.Future[BatchPlan]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs claimed and not finished yet."""
+        return len(self._inflight)
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs get the grace period."""
@@ -193,7 +229,9 @@ class Worker:
         except Exception as exc:  # a bug must fail the job loudly, not strand it
             logger.exception("job.crashed", extra={"job_id": job.id})
             outcome = FailedRow(job.id, "failed", 1, "internal", f"{type(exc).__name__}: {exc}")
-        if not await self.writer.write(replace(outcome, claim=job.claims)):
+        if await self.writer.write(replace(outcome, claim=job.claims)):
+            self.tally.count(outcome)
+        else:
             # Another worker took the job over after our lease lapsed; its result wins.
             self.metrics.inc("jobs.fenced_out")
             logger.warning("job.fenced_out", extra={"job_id": job.id})

@@ -133,6 +133,7 @@ def config_to_args(config: SimConfig) -> list[str]:
         f"--default-max-tokens={config.default_max_tokens}",
         f"--hang-s={config.hang_s}",
         f"--fault-retry-after-ms={config.fault_retry_after_ms}",
+        "--prompt-cache" if config.prompt_cache else "--no-prompt-cache",
     ]
     faults = config.faults or {"503": 0.0}  # an explicit zero overrides the CLI default
     args += [f"--fault-rate={kind}={rate}" for kind, rate in faults.items()]

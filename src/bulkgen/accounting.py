@@ -8,6 +8,8 @@ The store groups a batch's jobs by (status, cached, model) and hands the lines t
   provider billed those tokens, so they count towards ``cost_usd`` (and the budget).
 - A **cached** line is a ``done`` job answered from the cache or by an identical request in
   flight; its tokens are what the call would have used, so its price is ``saved_usd``.
+- Prompt tokens the provider served from its own prompt cache (``cache_read_tokens``, a
+  part of ``prompt_tokens``) are priced at the model's cached-input price.
 - Tokens of attempts that were retried are not kept per job (only the last attempt's are),
   so ``cost_usd`` is what the rows can prove; the budget ledger counts every answer.
 
@@ -45,6 +47,11 @@ class UsageLine:
     jobs: int
     prompt_tokens: int
     completion_tokens: int
+    cache_read_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cache_read_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,7 @@ class BatchUsage:
     saved_usd: Decimal
     unpriced_models: tuple[str, ...]
     lines: tuple[UsageLine, ...]
+    cache_read_tokens: int = 0  # of prompt_tokens: billed at the cached-input price
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready; money as strings so no float rounds a cent away."""
@@ -69,6 +77,7 @@ class BatchUsage:
             "paid_jobs": self.paid_jobs,
             "paid_prompt_tokens": self.prompt_tokens,
             "paid_completion_tokens": self.completion_tokens,
+            "paid_cache_read_tokens": self.cache_read_tokens,
             "cost_usd": str(self.cost_usd),
             "failed_cost_usd": str(self.failed_cost_usd),
             "cache_hits": self.cache_hits,
@@ -88,7 +97,7 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
 
     def cost(of: Iterable[UsageLine]) -> Decimal:
         return sum(
-            (table.cost_usd(ln.model, Usage(ln.prompt_tokens, ln.completion_tokens)) for ln in of),
+            (table.cost_usd(ln.model, ln.usage) for ln in of),
             Decimal(0),
         )
 
@@ -104,4 +113,5 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
         saved_usd=cost(hits),
         unpriced_models=tuple(sorted({ln.model for ln in kept if not table.price(ln.model).known})),
         lines=kept,
+        cache_read_tokens=sum(ln.cache_read_tokens for ln in paid),
     )

@@ -30,6 +30,7 @@ from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
 from bulkgen.simulator.cli import simulate
+from bulkgen.worker_progress import worker_progress
 
 HELP = """\
 Generate one article per keyword, for batches of 50 to 10,000 keywords, through OpenAI or
@@ -286,7 +287,9 @@ def worker(
 
     async def body() -> None:
         async with services(_settings(data_dir)) as svc:
-            await svc.worker(concurrency=concurrency, burst=burst).run(install_signals=True)
+            running = svc.worker(concurrency=concurrency, burst=burst)
+            async with worker_progress(running, svc.store, err):
+                await running.run(install_signals=True)
 
     _run(body())
 

@@ -25,21 +25,13 @@ from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
 from bulkgen.progress import batch_progress
 from bulkgen.providers import OpenAICompatProvider
-from bulkgen.service import SIMULATOR_API_KEY, Services, services
+from bulkgen.service import BUILTIN_SIMULATOR, SIMULATOR_API_KEY, Services, services
 from bulkgen.settings import Settings
-from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.simulator import SimulatorProcess
 from bulkgen.simulator.control import sim_stats
 
-DEMO_SIMULATOR = SimConfig(
-    rpm=500,
-    tpm=600_000,
-    time_scale=10.0,
-    ttft_ms=400.0,
-    tokens_per_s=60.0,
-    jitter=0.2,
-    faults={"503": 0.03, "empty": 0.02},
-    seed=7,
-)
+# The worker's built-in simulator, with a few faults so the summary shows them handled.
+DEMO_SIMULATOR = replace(BUILTIN_SIMULATOR, faults={"503": 0.03, "empty": 0.02}, seed=7)
 
 
 @dataclass(frozen=True)

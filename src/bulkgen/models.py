@@ -25,8 +25,14 @@ class JobStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens one call was billed for. ``cache_read_tokens`` is the part of
+    ``prompt_tokens`` the provider read from its own prompt cache (a prefix it saw
+    recently, e.g. a long shared template), which it bills at a lower price; it has nothing
+    to do with bulkgen's result cache."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -179,6 +179,7 @@ class Pipeline:
             prompt_tokens=result.usage.prompt_tokens,
             completion_tokens=result.usage.completion_tokens,
             cache_key=key,
+            cache_read_tokens=result.usage.cache_read_tokens,
         )
 
     async def _paid(
@@ -285,5 +286,6 @@ def _billed(outcome: Outcome, receipt: Receipt) -> Outcome:
             outcome,
             prompt_tokens=receipt.usage.prompt_tokens,
             completion_tokens=receipt.usage.completion_tokens,
+            cache_read_tokens=receipt.usage.cache_read_tokens,
         )
     return outcome

@@ -4,6 +4,11 @@ Pure: no I/O, no clock. The shipped table holds *list* prices per 1M tokens as c
 :data:`PRICES_AS_OF`; providers change them and accounts negotiate their own, so any entry
 can be overridden with ``BULKGEN_PRICES_JSON`` (see :func:`load_price_table`).
 
+Prompt tokens the provider read from its prompt cache (``Usage.cache_read_tokens``) cost
+``cached_input_per_1m``: OpenAI bills a cached prefix at a fraction of the input price, so
+a batch sharing a long template would otherwise be over-priced. The shipped table has the
+published cached-input prices; a model without one prices cached tokens as input tokens.
+
 Lookup never crashes a run: a model name is matched exactly, then by the longest known
 prefix that ends on a ``-`` boundary (``gpt-4o-2024-08-06`` prices as ``gpt-4o``, while
 ``gpt-4.5`` is *not* taken for ``gpt-4``); anything else costs 0 with ``known=False`` so
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from bulkgen.errors import ConfigError
@@ -37,39 +42,49 @@ PRICES_AS_OF = "2026-11"
 
 _TOKENS_PER_UNIT = Decimal(1_000_000)
 _PRICE_FIELDS = frozenset({"input_per_1m", "output_per_1m"})
+_OPTIONAL_PRICE_FIELDS = frozenset({"cached_input_per_1m"})
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """USD per 1M input and output tokens; ``known=False`` marks a model we have no price for."""
+    """USD per 1M input, output and cached input tokens; ``known=False`` marks a model we
+    have no price for. ``cached_input_per_1m`` None: cached tokens cost the input price."""
 
     input_per_1m: Decimal
     output_per_1m: Decimal
     known: bool = True
+    cached_input_per_1m: Decimal | None = None
+
+    @property
+    def cached_input_rate(self) -> Decimal:
+        """What a cached prompt token costs per 1M: its own price, else the input price."""
+        return self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
 
 
-def _usd(input_per_1m: str, output_per_1m: str) -> ModelPrice:
-    return ModelPrice(Decimal(input_per_1m), Decimal(output_per_1m))
+def _usd(input_per_1m: str, output_per_1m: str, cached_input_per_1m: str | None) -> ModelPrice:
+    cached = None if cached_input_per_1m is None else Decimal(cached_input_per_1m)
+    return ModelPrice(Decimal(input_per_1m), Decimal(output_per_1m), cached_input_per_1m=cached)
 
 
-# List prices, USD per 1M tokens (input, output), as of PRICES_AS_OF.
+# List prices, USD per 1M tokens (input, output, cached input), as of PRICES_AS_OF. Checked
+# against the genai-prices package's data (0.2.3). None: no prompt caching for that model.
 DEFAULT_PRICES: Mapping[str, ModelPrice] = {
-    "gpt-5": _usd("1.25", "10.00"),
-    "gpt-5-mini": _usd("0.25", "2.00"),
-    "gpt-5-nano": _usd("0.05", "0.40"),
-    "gpt-4.1": _usd("2.00", "8.00"),
-    "gpt-4.1-mini": _usd("0.40", "1.60"),
-    "gpt-4.1-nano": _usd("0.10", "0.40"),
-    "gpt-4o": _usd("2.50", "10.00"),
-    "gpt-4o-mini": _usd("0.15", "0.60"),
-    "gpt-4-turbo": _usd("10.00", "30.00"),
-    "gpt-4": _usd("30.00", "60.00"),
-    "gpt-3.5-turbo": _usd("0.50", "1.50"),
-    "o1": _usd("15.00", "60.00"),
-    "o1-mini": _usd("1.10", "4.40"),
-    "o3": _usd("2.00", "8.00"),
-    "o3-mini": _usd("1.10", "4.40"),
-    "o4-mini": _usd("1.10", "4.40"),
+    "gpt-5": _usd("1.25", "10.00", "0.125"),
+    "gpt-5-mini": _usd("0.25", "2.00", "0.025"),
+    "gpt-5-nano": _usd("0.05", "0.40", "0.005"),
+    "gpt-4.1": _usd("2.00", "8.00", "0.50"),
+    "gpt-4.1-mini": _usd("0.40", "1.60", "0.10"),
+    "gpt-4.1-nano": _usd("0.10", "0.40", "0.025"),
+    "gpt-4o": _usd("2.50", "10.00", "1.25"),
+    "gpt-4o-mini": _usd("0.15", "0.60", "0.075"),
+    "gpt-4-turbo": _usd("10.00", "30.00", None),
+    "gpt-4": _usd("30.00", "60.00", None),
+    "gpt-3.5-turbo": _usd("0.50", "1.50", None),
+    "o1": _usd("15.00", "60.00", "7.50"),
+    "o1-mini": _usd("1.10", "4.40", "0.55"),
+    "o3": _usd("2.00", "8.00", "0.50"),
+    "o3-mini": _usd("1.10", "4.40", "0.55"),
+    "o4-mini": _usd("1.10", "4.40", "0.275"),
 }
 
 _UNKNOWN = ModelPrice(Decimal(0), Decimal(0), known=False)
@@ -99,7 +114,9 @@ class PriceTable:
 
     def cost_usd(self, model: str, usage: Usage) -> Decimal:
         """Exact cost of a finished call, from the provider's own token counts."""
-        return self._cost(model, usage.prompt_tokens, usage.completion_tokens)
+        return self._cost(
+            model, usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens
+        )
 
     def worst_case_cost_usd(self, model: str, prompt_tokens: int, max_tokens: int) -> Decimal:
         """Upper bound before sending: the answer cannot be longer than ``max_tokens``.
@@ -109,16 +126,38 @@ class PriceTable:
         return self._cost(model, prompt_tokens, max_tokens)
 
     def with_overrides(self, overrides: Mapping[str, ModelPrice]) -> PriceTable:
-        """A new table: ``overrides`` replace or extend the current entries."""
+        """A new table: ``overrides`` replace or extend the current entries.
+
+        An override that names no cached-input price keeps this table's for the model
+        (its published one), capped at the override's own input price; a model this table
+        has no cached price for prices cached tokens at the override's input price."""
         merged = dict(self._prices)
-        merged.update({name.lower(): p for name, p in overrides.items()})
+        merged.update({name.lower(): self._with_cached(name, p) for name, p in overrides.items()})
         return PriceTable(merged)
 
-    def _cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
-        if input_tokens < 0 or output_tokens < 0:
-            raise ValueError(f"token counts cannot be negative: {input_tokens}, {output_tokens}")
+    def _with_cached(self, model: str, override: ModelPrice) -> ModelPrice:
+        if override.cached_input_per_1m is not None:
+            return override
+        published = self.price(model).cached_input_per_1m
+        if published is None:
+            return override
+        return replace(override, cached_input_per_1m=min(published, override.input_per_1m))
+
+    def _cost(
+        self, model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0
+    ) -> Decimal:
+        """``cached_tokens`` are part of ``input_tokens``, as providers count them."""
+        if input_tokens < 0 or output_tokens < 0 or cached_tokens < 0:
+            raise ValueError(
+                f"token counts cannot be negative: {input_tokens}, {output_tokens}, {cached_tokens}"
+            )
         price = self.price(model)
-        total = input_tokens * price.input_per_1m + output_tokens * price.output_per_1m
+        cached = min(cached_tokens, input_tokens)
+        total = (
+            (input_tokens - cached) * price.input_per_1m
+            + cached * price.cached_input_rate
+            + output_tokens * price.output_per_1m
+        )
         return total / _TOKENS_PER_UNIT
 
 
@@ -143,15 +182,20 @@ def _parse_entry(model: object, entry: object) -> ModelPrice:
             f'"output_per_1m": y}}, got {entry!r}'
         )
     missing = sorted(_PRICE_FIELDS - entry.keys())
-    unexpected = sorted(set(entry) - _PRICE_FIELDS)
+    unexpected = sorted(set(entry) - _PRICE_FIELDS - _OPTIONAL_PRICE_FIELDS)
     if missing or unexpected:
         raise ConfigError(
-            f"BULKGEN_PRICES_JSON: {model!r} needs exactly input_per_1m and output_per_1m "
-            f"(missing: {missing or 'none'}, unexpected: {unexpected or 'none'})"
+            f"BULKGEN_PRICES_JSON: {model!r} needs input_per_1m and output_per_1m, and "
+            f"may have cached_input_per_1m (missing: {missing or 'none'}, "
+            f"unexpected: {unexpected or 'none'})"
         )
+    cached = entry.get("cached_input_per_1m")
     return ModelPrice(
         _parse_amount(model, "input_per_1m", entry["input_per_1m"]),
         _parse_amount(model, "output_per_1m", entry["output_per_1m"]),
+        cached_input_per_1m=(
+            None if cached is None else _parse_amount(model, "cached_input_per_1m", cached)
+        ),
     )
 
 

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
+from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.metrics import Metrics
@@ -67,6 +67,36 @@ class WorkerConfig:
     plan_cache_size: int = 64
 
 
+@dataclass
+class WorkerTally:
+    """Outcomes this worker wrote since it started, for progress displays.
+
+    Counted once the database has taken the outcome, so a job another worker took over
+    (fenced out) is not counted here, and a job counts again each time it is retried.
+    """
+
+    done: int = 0
+    cached: int = 0  # of done: answered from the cache or an identical request in flight
+    failed: int = 0
+    cancelled: int = 0
+    retried: int = 0  # sent back to the queue: a retry later, or a rate-limit wait
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.cancelled
+
+    def count(self, outcome: Outcome) -> None:
+        if isinstance(outcome, DoneRow):
+            self.done += 1
+            self.cached += outcome.cached
+        elif isinstance(outcome, RetryRow):
+            self.retried += 1
+        elif outcome.status == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+
+
 class Worker:
     def __init__(
         self, store: Store, pipeline: Pipeline, config: WorkerConfig, *, metrics: Metrics
@@ -77,6 +107,7 @@ class Worker:
         self.config = config
         self.metrics = metrics
         self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
+        self.tally = WorkerTally()
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
         self._wake = asyncio.Event()
@@ -86,6 +117,11 @@ class Worker:
         self._claim_lock = asyncio.Lock()
         self._healthy_since_s: float | None = None  # monotonic; None while beats fail
         self._failing_since_s = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs claimed and not finished yet."""
+        return len(self._inflight)
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs get the grace period."""
@@ -229,7 +265,9 @@ class Worker:
             outcome = FailedRow(
                 job.id, JobStatus.FAILED, 1, "internal", f"{type(exc).__name__}: {exc}"
             )
-        if not await self.writer.write(replace(outcome, claim=job.claims)):
+        if await self.writer.write(replace(outcome, claim=job.claims)):
+            self.tally.count(outcome)
+        else:
             # Another worker took the job over after our lease lapsed; its result wins.
             self.metrics.inc("jobs.fenced_out")
             logger.warning("job.fenced_out", extra={"job_id": job.id})

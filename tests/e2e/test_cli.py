@@ -61,6 +61,7 @@ def test_submit_worker_status_results(database_url: str, tmp_path: Path) -> None
         batch_id = submitted.stdout.strip().splitlines()[-1]
         worked = _bulkgen("worker", "--burst", env=env)
         assert worked.returncode == 0, worked.stderr
+        assert "worker.summary done=3 " in worked.stderr  # not a terminal: log lines
     status = _bulkgen("status", batch_id, "--json", env=env)
     assert status.returncode == 0, status.stderr
     summary = json.loads(status.stdout.strip().splitlines()[-1])

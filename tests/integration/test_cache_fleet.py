@@ -130,6 +130,25 @@ async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: aioredis.
     assert await asyncio.wait_for(task, 5) == (RESULT, "provider")
 
 
+async def test_a_lock_lost_while_producing_is_left_to_its_new_owner(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The lock expired under a slow holder and another process took it: the slow holder's
+    answer still counts, it does not release the other's lock, and Redis is not treated
+    as failing (no back-off that would skip the cache for everyone)."""
+    metrics = Metrics()
+    flight = make_flight(redis_client, metrics)
+
+    async def slow() -> CachedResult:
+        await redis_client.set(lock_key(KEY), "someone-else", px=60_000)  # expired, retaken
+        return RESULT
+
+    assert await flight.run(KEY, slow) == (RESULT, "provider")
+    assert await redis_client.get(lock_key(KEY)) == b"someone-else"
+    assert metrics.total("cache.bypassed") == 0
+    assert await redis_client.get(KEY) is not None
+
+
 CHILD = """
 import asyncio, sys
 import redis.asyncio as aioredis

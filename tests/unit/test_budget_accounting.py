@@ -40,3 +40,14 @@ def test_empty_batch() -> None:
     usage = summarize([], PRICES)
     assert (usage.paid_jobs, usage.cache_hits) == (0, 0)
     assert usage.cost_usd == usage.saved_usd == Decimal(0)
+
+
+def test_prompt_tokens_read_from_the_providers_cache_cost_less() -> None:
+    prices = PriceTable(
+        {"gpt-4o": ModelPrice(Decimal("2.50"), Decimal("10.00"), True, Decimal("1.25"))}
+    )
+    cached = UsageLine("done", False, "gpt-4o", 4, 400_000, 100_000, cache_read_tokens=300_000)
+    usage = summarize([cached], prices)
+    # 0.1 * 2.5 + 0.3 * 1.25 + 0.1 * 10 = 1.625 (1.75 if none were cached)
+    assert usage.cost_usd == Decimal("1.625")
+    assert usage.as_dict()["paid_cache_read_tokens"] == 300_000

@@ -109,6 +109,16 @@ def test_value_round_trips_with_usage() -> None:
     assert decode(encode(RESULT).encode("utf-8")) == RESULT
 
 
+def test_cached_prompt_tokens_round_trip_and_older_entries_have_none() -> None:
+    value = CachedResult("# Tea\n\nwords", Usage(2000, 34, 1024), "gpt-4o", "stop")
+    assert decode(encode(value)) == value
+    older = (
+        b'{"v": 1, "content": "x", "usage": {"prompt_tokens": 3, "completion_tokens": 4},'
+        b' "model": "m", "finish_reason": "stop"}'
+    )
+    assert decode(older) == CachedResult("x", Usage(3, 4, 0), "m", "stop")
+
+
 def test_unicode_content_round_trips() -> None:
     value = CachedResult("Thé vert — 緑茶", Usage(1, 2), "gpt-4o", "stop")
     assert decode(encode(value)) == value

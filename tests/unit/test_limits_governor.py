@@ -288,3 +288,17 @@ async def test_a_shallow_provider_bucket_shrinks_the_burst() -> None:
             await slot.record(completion(10))
     # A 1 s burst would let ~10 through at once; half the 0.2 s bucket lets one.
     assert fake.now_s - t0 >= 0.8
+
+
+async def test_a_request_admitted_before_the_limits_were_known_is_charged_once_they_are() -> None:
+    """A fresh worker's first request goes out blind; its answer names the token limit. The
+    provider charged that request, so the next one must wait for the bucket it emptied
+    instead of being sent at once into a 429."""
+    fake, metrics = FakeTime(), Metrics()
+    gov = await make(fake, metrics, GovernorConfig(policy=PolicyConfig(target_share=1.0)))
+    headers = {"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "0"}
+    async with gov.slot(KEY, 600) as slot:  # 6 s of a 100 tokens/s budget
+        await slot.record(completion(600, headers))
+    t0 = fake.now_s
+    async with gov.slot(KEY, 100):
+        assert fake.now_s - t0 == pytest.approx(6.0, abs=0.05)

@@ -81,7 +81,10 @@ def test_override_replaces_and_extends() -> None:
             }
         )
     )
-    assert table.price("gpt-4o-2024-08-06") == ModelPrice(Decimal(1), Decimal(2))
+    # No cached-input price given: the published one (1.25), capped at the input price.
+    assert table.price("gpt-4o-2024-08-06") == ModelPrice(
+        Decimal(1), Decimal(2), cached_input_per_1m=Decimal(1)
+    )
     assert table.cost_usd("llama-3-70b", Usage(1_000_000, 1_000_000)) == Decimal("1.38")
     assert table.price("gpt-4o-mini") == DEFAULT_PRICES["gpt-4o-mini"]  # untouched
     assert default_price_table().price("gpt-4o") == DEFAULT_PRICES["gpt-4o"]  # not mutated
@@ -120,3 +123,47 @@ def test_invalid_override_is_a_config_error(text: str, message: str) -> None:
 def test_negative_token_counts_are_a_bug() -> None:
     with pytest.raises(ValueError):
         worst_case_cost_usd("gpt-4o", -1, 10)
+
+
+def test_cached_prompt_tokens_cost_the_cached_input_price() -> None:
+    # gpt-4o: 2.50 in, 1.25 cached in, 10.00 out per 1M tokens; 1,024 of 2,000 prompt
+    # tokens read from the provider's prompt cache.
+    usage = Usage(prompt_tokens=2000, completion_tokens=100, cache_read_tokens=1024)
+    assert cost_usd("gpt-4o", usage) == Decimal("0.00472")  # 976*2.5 + 1024*1.25 + 100*10
+    assert cost_usd("gpt-4o", usage) < cost_usd("gpt-4o", Usage(2000, 100))
+    # More cached than the whole prompt (a confused server) is the whole prompt cached.
+    assert cost_usd("gpt-4o", Usage(2000, 0, 5000)) == cost_usd("gpt-4o", Usage(2000, 0, 2000))
+
+
+def test_models_without_prompt_caching_price_cached_tokens_as_input() -> None:
+    assert DEFAULT_PRICES["gpt-4"].cached_input_per_1m is None
+    assert cost_usd("gpt-4", Usage(2000, 100, 1024)) == cost_usd("gpt-4", Usage(2000, 100))
+
+
+def test_shipped_cached_prices_are_below_their_input_prices() -> None:
+    for model, price in DEFAULT_PRICES.items():
+        assert price.cached_input_rate <= price.input_per_1m, model
+    assert DEFAULT_PRICES["gpt-4o"].cached_input_per_1m == Decimal("1.25")
+
+
+def test_worst_case_assumes_nothing_cached() -> None:
+    assert worst_case_cost_usd("gpt-4o", 2000, 100) == cost_usd("gpt-4o", Usage(2000, 100))
+
+
+def test_override_may_name_its_cached_price_or_take_the_input_price() -> None:
+    table = load_price_table(
+        json.dumps(
+            {
+                "gpt-4o": {"input_per_1m": 2, "output_per_1m": 8, "cached_input_per_1m": 0.2},
+                "gpt-4.1": {"input_per_1m": 3, "output_per_1m": 9},
+                "llama-3-70b": {"input_per_1m": 0.59, "output_per_1m": 0.79},
+            }
+        )
+    )
+    assert table.price("gpt-4o").cached_input_rate == Decimal("0.2")
+    assert table.price("gpt-4.1").cached_input_rate == Decimal("0.50")  # the published one
+    assert table.price("llama-3-70b").cached_input_rate == Decimal("0.59")  # none published
+    with pytest.raises(ConfigError, match="cached_input_per_1m must be >= 0"):
+        load_price_table(
+            '{"m": {"input_per_1m": 1, "output_per_1m": 2, "cached_input_per_1m": -1}}'
+        )

@@ -146,6 +146,28 @@ async def test_null_content_becomes_empty_string_and_missing_fields_default() ->
     assert completion.model == "gpt-4o"
 
 
+@pytest.mark.parametrize(
+    ("details", "cached"),
+    [
+        ({"cached_tokens": 1024}, 1024),
+        ({"cached_tokens": 0, "audio_tokens": 0}, 0),
+        ({"cached_tokens": 99_999}, 2000),  # never more than the whole prompt
+        ({"cached_tokens": -5}, 0),
+        ({"cached_tokens": "many"}, 0),
+        (None, 0),  # servers that do not report it
+    ],
+)
+async def test_cached_prompt_tokens_are_read_from_the_usage_details(
+    details: object, cached: int
+) -> None:
+    usage: dict[str, object] = {"prompt_tokens": 2000, "completion_tokens": 300}
+    if details is not None:
+        usage["prompt_tokens_details"] = details
+    completion = await call(lambda _: httpx.Response(200, json=ok_body(usage=usage)))
+    assert completion.usage.cache_read_tokens == cached
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (2000, 300)
+
+
 async def test_finish_reason_length_is_passed_through() -> None:
     body = ok_body()
     body["choices"][0]["finish_reason"] = "length"  # type: ignore[index]

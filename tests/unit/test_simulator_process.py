@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import openai
 import pytest
+import uvicorn
 
-from bulkgen.simulator import SimConfig, SimulatorProcess
+from bulkgen.simulator import SimConfig, SimulatorApp, SimulatorProcess
+from bulkgen.simulator.server import _ManagedServer, uvicorn_config
 
 
 async def test_simulator_process_serves_its_config_and_stops_on_exit() -> None:
@@ -45,3 +48,18 @@ def test_cli_rejects_an_unknown_fault_kind_and_a_rate_out_of_range() -> None:
         )
         assert result.returncode == 2
         assert "fault" in result.stderr and "listening" not in result.stdout
+
+
+def test_a_managed_simulator_leaves_ctrl_c_to_its_parent() -> None:
+    """Ctrl-C reaches the whole process group; the worker that started the simulator
+    finishes its calls and then stops it with SIGTERM, so the simulator must not stop on
+    SIGINT itself (and cut those calls off)."""
+    app = SimulatorApp(SimConfig())
+    managed = _ManagedServer(uvicorn_config(app, fast_loop=False))
+    managed.handle_exit(signal.SIGINT, None)
+    assert not managed.should_exit
+    managed.handle_exit(signal.SIGTERM, None)
+    assert managed.should_exit
+    standalone = uvicorn.Server(uvicorn_config(app, fast_loop=False))
+    standalone.handle_exit(signal.SIGINT, None)  # `bulkgen simulate` stops on Ctrl-C
+    assert standalone.should_exit

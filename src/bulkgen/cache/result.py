@@ -57,6 +57,7 @@ def encode(value: CachedResult) -> str:
             "usage": {
                 "prompt_tokens": value.usage.prompt_tokens,
                 "completion_tokens": value.usage.completion_tokens,
+                "cache_read_tokens": value.usage.cache_read_tokens,
             },
             "model": value.model,
             "finish_reason": value.finish_reason,
@@ -76,6 +77,7 @@ def decode(raw: str | bytes) -> CachedResult | None:
             usage=Usage(
                 prompt_tokens=int(usage["prompt_tokens"]),
                 completion_tokens=int(usage["completion_tokens"]),
+                cache_read_tokens=int(usage.get("cache_read_tokens", 0)),  # absent: older entry
             ),
             model=str(data["model"]),
             finish_reason=str(data["finish_reason"]),

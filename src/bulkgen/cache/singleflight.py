@@ -4,8 +4,9 @@
 
 1. the cache (``"cache"``);
 2. an identical request already running - in this process (followers await the leader's
-   future) or in another one (a short Redis lock ``SET NX PX`` with a random token; the
-   others poll the cache with small sleeps until the result appears) (``"shared"``);
+   future) or in another one (redis-py's :class:`~redis.asyncio.lock.Lock`, taken without
+   blocking; the others poll the cache with small sleeps until the result appears)
+   (``"shared"``);
 3. its own ``produce()`` call (``"provider"``), whose result it puts in the cache.
 
 Failure rules, each chosen so that no job is worse off than without single-flight:
@@ -17,7 +18,8 @@ Failure rules, each chosen so that no job is worse off than without single-fligh
   and failures do not cascade one after the other through a queue of followers.
 - Waiting on another process is bounded by ``wait_s``; after that (or when Redis is
   down) the caller produces itself. The lock expires after ``lock_ttl_s`` should its holder
-  die, and is released only by its owner (Lua compare-and-delete on the token).
+  die, and is released only by its owner (the library's compare-and-delete on its token);
+  a lock that expired under a slow holder is simply not released.
 
 Metrics, exactly one per run: ``cache.hit``, ``cache.shared`` or ``cache.miss`` (this run
 called ``produce()``); so ``hit + shared + miss`` is the number of runs.
@@ -26,12 +28,13 @@ called ``produce()``); so ``hit + shared + miss`` is the number of runs.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockNotOwnedError
 
 from bulkgen.cache.keys import lock_key
 from bulkgen.cache.result import CachedResult, ResultCache
@@ -41,15 +44,6 @@ from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 Source = Literal["cache", "shared", "provider"]
 Produce = Callable[[], Awaitable[CachedResult]]
-
-# Deletes the lock only if it still holds our token: an expired lock taken over by another
-# process is never released by the previous holder.
-_RELEASE_LUA = """
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-end
-return 0
-"""
 
 
 class SingleFlight:
@@ -71,7 +65,7 @@ class SingleFlight:
     ) -> None:
         self._cache = cache
         self._redis = redis
-        self._lock_ttl_ms = max(1, int(lock_ttl_s * 1000))
+        self._lock_ttl_s = max(0.001, lock_ttl_s)  # the library takes 0 for "never expires"
         self._wait_s = wait_s
         self._metrics = metrics
         self._guard = guard or _guard_of(cache, redis) or RedisGuard(metrics=metrics)
@@ -118,22 +112,21 @@ class SingleFlight:
         """Hold the fleet-wide lock while producing, or wait for whoever holds it."""
         if self._redis is None:
             return await self._produce(key, produce), "provider"
-        token = secrets.token_hex(16)
-        name = lock_key(key)
+        lock = self._redis.lock(
+            lock_key(key), timeout=self._lock_ttl_s, blocking=False, thread_local=False
+        )
         held = False
         try:
-            shared, held = await self._acquire_or_wait(key, name, token)
+            shared, held = await self._acquire_or_wait(key, lock)
             if shared is not None:
                 self._metrics.inc("cache.shared")
                 return shared, "shared"
             return await self._produce(key, produce), "provider"
         finally:
             if held:
-                await self._release(name, token)
+                await self._release(lock)
 
-    async def _acquire_or_wait(
-        self, key: str, name: str, token: str
-    ) -> tuple[CachedResult | None, bool]:
+    async def _acquire_or_wait(self, key: str, lock: Lock) -> tuple[CachedResult | None, bool]:
         """(shared result or None, whether we hold the lock).
 
         None means: produce now - we hold the lock, Redis is unusable, or ``wait_s`` has
@@ -143,7 +136,7 @@ class SingleFlight:
         deadline = self._clock() + self._wait_s
         delay_s = self._poll_s
         while True:
-            acquired = await self._guard.call("lock", lambda: self._try_lock(name, token))
+            acquired = await self._guard.call("lock", lambda: _try_lock(lock))
             if acquired is BYPASSED:
                 return None, False
             if acquired:
@@ -157,18 +150,9 @@ class SingleFlight:
             await asyncio.sleep(min(delay_s, max(0.0, deadline - self._clock())))
             delay_s = min(delay_s * 1.5, self._max_poll_s)
 
-    async def _try_lock(self, name: str, token: str) -> bool:
-        redis = self._redis
-        assert redis is not None
-        return bool(await redis.set(name, token, nx=True, px=self._lock_ttl_ms))
-
-    async def _release(self, name: str, token: str) -> None:
+    async def _release(self, lock: Lock) -> None:
         """Best effort: if Redis is down the lock simply expires after ``lock_ttl_s``."""
-        redis = self._redis
-        assert redis is not None
-        await self._guard.call(
-            "unlock", lambda: redis.eval(_RELEASE_LUA, 1, name, token), force=True
-        )
+        await self._guard.call("unlock", lambda: _release_if_owned(lock), force=True)
 
     async def _produce(self, key: str, produce: Produce, *, store: bool = True) -> CachedResult:
         self._metrics.inc("cache.miss")
@@ -176,6 +160,21 @@ class SingleFlight:
         if store:
             await self._cache.put(key, result)
         return result
+
+
+async def _try_lock(lock: Lock) -> bool:
+    """One attempt (``SET NX PX`` with a fresh token); waiting is the caller's loop, which
+    also watches the cache."""
+    return bool(await lock.acquire(blocking=False))
+
+
+async def _release_if_owned(lock: Lock) -> None:
+    """Release our lock; one that expired (and may be someone else's now) is left alone.
+    That is not a Redis failure, so it must not put the guard into its back-off."""
+    try:
+        await lock.release()
+    except LockNotOwnedError:
+        return
 
 
 def _guard_of(cache: ResultCache, redis: Redis | None) -> RedisGuard | None:

@@ -178,15 +178,16 @@ JOBS_FINISH_DONE = """
 WITH d AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
                          $7::text[], $8::text[], $9::bool[], $10::int[], $11::int[],
-                         $12::text[], $13::int[])
+                         $12::text[], $13::int[], $14::int[])
         AS t(job_id, content, html, title, word_count, finish_reason, model, cached,
-             prompt_tokens, completion_tokens, cache_key, claim)
+             prompt_tokens, completion_tokens, cache_key, claim, cache_read_tokens)
 ),
 fin AS (
     UPDATE jobs j
     SET status = 'done', attempts = j.attempts + CASE WHEN d.cached THEN 0 ELSE 1 END,
         lease_owner = NULL, finished_at = now(),
         prompt_tokens = d.prompt_tokens, completion_tokens = d.completion_tokens,
+        cache_read_tokens = d.cache_read_tokens,
         cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
     FROM d
     WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
@@ -225,11 +226,12 @@ UPDATE jobs j
 SET status = d.status, lease_owner = NULL, finished_at = now(),
     attempts = j.attempts + d.burnt, error_kind = d.error_kind, error_message = d.error_message,
     prompt_tokens = coalesce(d.prompt_tokens, j.prompt_tokens),
-    completion_tokens = coalesce(d.completion_tokens, j.completion_tokens)
+    completion_tokens = coalesce(d.completion_tokens, j.completion_tokens),
+    cache_read_tokens = coalesce(d.cache_read_tokens, j.cache_read_tokens)
 FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::int[],
-            $9::int[])
+            $9::int[], $10::int[])
     AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens,
-         claim)
+         claim, cache_read_tokens)
 WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
   AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
@@ -257,7 +259,8 @@ SELECT j.status, j.cached,
        coalesce(r.model, j.input->'overrides'->>'model', b.options->>'model', '') AS model,
        count(*) AS jobs,
        coalesce(sum(j.prompt_tokens), 0)::bigint AS prompt_tokens,
-       coalesce(sum(j.completion_tokens), 0)::bigint AS completion_tokens
+       coalesce(sum(j.completion_tokens), 0)::bigint AS completion_tokens,
+       coalesce(sum(j.cache_read_tokens), 0)::bigint AS cache_read_tokens
 FROM jobs j
 JOIN batches b ON b.id = j.batch_id
 LEFT JOIN results r ON r.job_id = j.id

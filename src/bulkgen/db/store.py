@@ -73,6 +73,7 @@ class DoneRow:
     completion_tokens: int
     cache_key: str | None
     claim: int | None = None  # the claim it finishes (None: owner fence only)
+    cache_read_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class FailedRow:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     claim: int | None = None
+    cache_read_tokens: int | None = None
 
 
 class Store:
@@ -264,6 +266,7 @@ class Store:
                         r.prompt_tokens,
                         r.completion_tokens,
                         r.claim,
+                        r.cache_read_tokens,
                     )
                     for r in rows
                 ],
@@ -343,6 +346,7 @@ def _done_tuple(r: DoneRow) -> tuple[object, ...]:
         r.completion_tokens,
         r.cache_key,
         r.claim,
+        r.cache_read_tokens,
     )
 
 

@@ -98,9 +98,9 @@ class StatusWriter:
                 await asyncio.sleep(backoff_s)
 
     async def _flush_once(self) -> None:
-        """Write up to ``max_rows`` outcomes, one statement per kind. Each kind is settled
-        as soon as its statement commits, so a later kind's failure re-queues only its own
-        rows, never rows already written."""
+        """Write up to ``max_rows`` outcomes, one statement per kind. Each outcome is
+        settled as soon as the statement that wrote it commits, so a later failure re-queues
+        only the outcomes not written yet, never rows already written."""
         if not self._pending:
             return
         taken, self._pending = self._pending[: self._max_rows], self._pending[self._max_rows :]
@@ -115,40 +115,51 @@ class StatusWriter:
             if not group:
                 continue
             try:
-                written = await self._write_kind(write, [p.row for p in group])
-            except StorageError as exc:  # transient: keep them, in order, for the next flush
-                retry_later += group
+                await self._write_group(write, group)
+            except StorageError as exc:  # transient: keep the rest, in order, for next time
+                retry_later += [p for p in group if not p.written.done()]
                 error = exc
-                continue
-            for p in group:
-                if not p.written.done():
-                    p.written.set_result(p.row.job_id in written)
         self._metrics.inc("db.status_rows", len(taken) - len(retry_later))
         if error is not None:
             self._pending[:0] = sorted(retry_later, key=taken.index)
             raise error
 
-    async def _write_kind(
-        self, write: Callable[[uuid.UUID, Any], Awaitable[set[int]]], rows: list[Outcome]
-    ) -> set[int]:
+    async def _write_group(
+        self, write: Callable[[uuid.UUID, Any], Awaitable[set[int]]], group: list[_Pending]
+    ) -> None:
         """One statement for the whole group. If the database refuses the data itself (not
         a lost connection), write row by row so one bad row cannot hold back the others,
-        and end the bad one ``failed``: a refused row retried forever would jam the writer."""
+        and end the bad one ``failed``: a refused row retried forever would jam the writer.
+
+        Each row is settled as soon as its statement commits. A transient error in the
+        middle of the row-by-row pass then leaves only the rows not yet written for the
+        retry; a row written alone and sent again would be refused by the fence (it is no
+        longer running) and reported as taken over by another worker."""
         self._metrics.inc("db.status_statements")
         try:
-            return await write(self._worker_id, rows)
+            written = await write(self._worker_id, [p.row for p in group])
         except StorageError as exc:
             if exc.transient:
                 raise
-        written: set[int] = set()
-        for row in rows:
+        else:
+            _settle(group, written)
+            return
+        for pending in group:
+            row = pending.row
             self._metrics.inc("db.status_statements")
             try:
-                written |= await write(self._worker_id, [row])
+                written = await write(self._worker_id, [row])
             except StorageError as exc:
                 if exc.transient:
                     raise
                 logger.error("job.outcome_refused", extra={"job_id": row.job_id, "error": str(exc)})
                 refused = FailedRow(row.job_id, JobStatus.FAILED, 1, "unstorable", str(exc)[:500])
-                written |= await self._store.jobs_finish_failed(self._worker_id, [refused])
-        return written
+                written = await self._store.jobs_finish_failed(self._worker_id, [refused])
+            _settle([pending], written)
+
+
+def _settle(group: list[_Pending], written: set[int]) -> None:
+    """Tell each caller whether its outcome was written (False: the fence refused it)."""
+    for pending in group:
+        if not pending.written.done():
+            pending.written.set_result(pending.row.job_id in written)

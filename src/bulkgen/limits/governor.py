@@ -94,11 +94,18 @@ class Slot:
     """One admitted request. ``record`` its completion before leaving the ``async with``."""
 
     def __init__(
-        self, governor: RateGovernor, key: LimitKey, reserved_tokens: int, *, probe: bool
+        self,
+        governor: RateGovernor,
+        key: LimitKey,
+        reserved_tokens: int,
+        *,
+        probe: bool,
+        unbudgeted: bool = False,
     ) -> None:
         self.key = key
         self.reserved_tokens = reserved_tokens
         self.probe = probe
+        self.unbudgeted = unbudgeted  # admitted while no token limit was known: not charged
         self.recorded = False
         self._governor = governor
 
@@ -160,7 +167,7 @@ class RateGovernor:
         state = self._state(key)
         holder = f"{self._instance}:{next(self._counter)}"
         result, probe = await self._admit(key, state, tokens, holder)
-        slot = Slot(self, key, tokens, probe=probe)
+        slot = Slot(self, key, tokens, probe=probe, unbudgeted=result.limit_tpm is None)
         try:
             yield slot
         except RateLimited as exc:
@@ -270,6 +277,8 @@ class RateGovernor:
     async def _on_success(self, slot: Slot, completion: Completion) -> None:
         key, state = slot.key, self._state(slot.key)
         snapshot = parse_rate_limit_headers(completion.headers, now_epoch_s=self._wall_clock())
+        if slot.unbudgeted:
+            await self._charge_unbudgeted(key, state, slot, snapshot)
         await self._learn(key, state, snapshot)
         await self._reconcile(key, state, slot.reserved_tokens, completion.usage.total_tokens)
         state.policy.on_success(completion.latency_s)
@@ -277,6 +286,23 @@ class RateGovernor:
         if slot.probe:
             self._breaker_gauge(key, state)
             logger.info("breaker.closed", extra={"model": key.model})
+
+    async def _charge_unbudgeted(
+        self, key: LimitKey, state: _KeyState, slot: Slot, snapshot: RateLimitSnapshot
+    ) -> None:
+        """Charge a request admitted before any token limit was known, once one is.
+
+        A fresh process's first request goes out blind (nothing to budget against) and its
+        answer names the limit. The provider charged that request to its bucket; if bulkgen
+        did not, it sees an idle budget and sends the next request into the bucket the first
+        one emptied: a fresh worker's first 429. Charged before the limits are adopted: in
+        ``auto`` mode one request runs until the first answer, so the next is admitted only
+        against a budget that already holds this one.
+        """
+        known = [tpm for tpm in (state.policy.limit_tpm(), snapshot.limit_tpm) if tpm]
+        if known and slot.reserved_tokens > 0:
+            rate = min(known) * state.policy.admission_factor()
+            await self._backend.adjust_tokens(key, slot.reserved_tokens, rate)
 
     async def _reconcile(self, key: LimitKey, state: _KeyState, reserved: int, used: int) -> None:
         mode, tpm = self.config.reconcile, state.policy.limit_tpm()

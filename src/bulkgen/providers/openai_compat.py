@@ -135,6 +135,20 @@ def _as_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _usage(raw: dict[str, Any]) -> Usage:
+    """Token counts as billed; cached prompt tokens (``prompt_tokens_details.cached_tokens``)
+    are kept within ``prompt_tokens``, so a server reporting more than the whole prompt
+    cannot make a call cheaper than free."""
+    prompt_tokens = _as_int(raw.get("prompt_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = _as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=_as_int(raw.get("completion_tokens")),
+        cache_read_tokens=max(0, min(cached, prompt_tokens)),
+    )
+
+
 def parse_completion_body(
     body: bytes, *, request_model: str, status_code: int, headers: dict[str, str]
 ) -> tuple[str, Usage, str, str]:
@@ -163,12 +177,7 @@ def parse_completion_body(
         raise _malformed("message content is not a string", status_code, headers)
     finish_reason = choices[0].get("finish_reason")
     usage_raw = data.get("usage")
-    usage = Usage()
-    if isinstance(usage_raw, dict):
-        usage = Usage(
-            prompt_tokens=_as_int(usage_raw.get("prompt_tokens")),
-            completion_tokens=_as_int(usage_raw.get("completion_tokens")),
-        )
+    usage = _usage(usage_raw) if isinstance(usage_raw, dict) else Usage()
     model = data.get("model")
     return (
         content or "",

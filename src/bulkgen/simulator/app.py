@@ -23,6 +23,7 @@ from bulkgen.simulator import protocol
 from bulkgen.simulator.article import cut_to_tokens, write_article
 from bulkgen.simulator.config import ConfigError, SimConfig, apply_changes
 from bulkgen.simulator.faults import FaultPicker
+from bulkgen.simulator.prompt_cache import PromptCache
 from bulkgen.simulator.protocol import ChatCall, InvalidRequest
 from bulkgen.simulator.ratelimit import Decision, ModelLimiter
 from bulkgen.simulator.stats import SimStats
@@ -46,6 +47,7 @@ class SimulatorApp:
         self._clock = clock
         self.stats = SimStats()
         self._served = 0
+        self._prompt_cache = PromptCache()
         self._install(config)
 
     @property
@@ -256,6 +258,9 @@ class SimulatorApp:
         if delay_s > 0 and await _until_disconnect(receive, delay_s):
             return
         self._served += 1
+        cached = 0
+        if self._config.prompt_cache:
+            cached = min(call.prompt_tokens, self._prompt_cache.serve(call.model, call.prompt))
         body = protocol.completion_body(
             f"chatcmpl-sim{self._served:010d}",
             int(time.time()),
@@ -263,6 +268,7 @@ class SimulatorApp:
             content,
             finish_reason,
             tokens,
+            cached,
         )
         if fault is not None:
             self.stats.faults[fault] += 1
@@ -270,6 +276,7 @@ class SimulatorApp:
                 body = body[: len(body) // 2]
         self.stats.ok += 1
         self.stats.prompt_tokens += call.prompt_tokens
+        self.stats.cached_tokens += cached
         self.stats.completion_tokens += tokens
         await _respond(send, 200, body, headers)
 

@@ -44,6 +44,12 @@ def simulate(
     fault_retry_after_ms: Annotated[
         float, typer.Option(help="The wait a '429' fault asks for, ms.")
     ] = 200.0,
+    prompt_cache: Annotated[
+        bool, typer.Option(help="Bill repeated prompt prefixes (1,024+ tokens) as cached.")
+    ] = True,
+    managed: Annotated[
+        bool, typer.Option(hidden=True, help="Run by a parent process: ignore SIGINT.")
+    ] = False,
 ) -> None:
     """Serve an OpenAI-compatible API with rate limits, latency and injected faults."""
     try:
@@ -53,8 +59,8 @@ def simulate(
             jitter=jitter, time_scale=time_scale, faults=faults, seed=seed, api_key=api_key,
             models=tuple(model) if model else DEFAULT_MODELS,
             default_max_tokens=default_max_tokens, hang_s=hang_s,
-            fault_retry_after_ms=fault_retry_after_ms,
+            fault_retry_after_ms=fault_retry_after_ms, prompt_cache=prompt_cache,
         )  # fmt: skip
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
-    serve(config, host, port)
+    serve(config, host, port, managed=managed)

@@ -63,6 +63,7 @@ class SimConfig:
     default_max_tokens: int = 1024
     hang_s: float = 3600.0
     fault_retry_after_ms: float = 200.0  # the wait a "429" fault asks for (wall clock)
+    prompt_cache: bool = True  # report repeated prompt prefixes as cached, as OpenAI does
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", dict(self.faults))
@@ -100,6 +101,8 @@ def _validate(config: SimConfig) -> None:
         check_fault(kind, rate)
     if not all(isinstance(m, str) and m for m in config.models):
         raise ConfigError("models must be non-empty strings")
+    if not isinstance(config.prompt_cache, bool):
+        raise ConfigError(f"prompt_cache must be true or false, got {config.prompt_cache!r}")
 
 
 def _finite_at_least(value: object, low: float) -> bool:

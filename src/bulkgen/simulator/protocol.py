@@ -148,9 +148,16 @@ def retry_headers(wall_wait_s: float) -> list[tuple[bytes, bytes]]:
 
 
 def completion_body(
-    ident: str, created_s: int, call: ChatCall, content: str, finish_reason: str, tokens: int
+    ident: str,
+    created_s: int,
+    call: ChatCall,
+    content: str,
+    finish_reason: str,
+    tokens: int,
+    cached_tokens: int = 0,
 ) -> bytes:
-    """A ``chat.completion`` object with ``usage``, as OpenAI answers a non-streamed call."""
+    """A ``chat.completion`` object with ``usage``, as OpenAI answers a non-streamed call
+    (``cached_tokens``: the part of the prompt read from the prompt cache)."""
     body: dict[str, Any] = {
         "id": ident,
         "object": "chat.completion",
@@ -168,6 +175,7 @@ def completion_body(
             "prompt_tokens": call.prompt_tokens,
             "completion_tokens": tokens,
             "total_tokens": call.prompt_tokens + tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
         },
         "system_fingerprint": "fp_simulator",
     }

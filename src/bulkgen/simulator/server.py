@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Generator
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import uvicorn
 
@@ -95,12 +96,27 @@ async def running_simulator(
         sock.close()
 
 
-def serve(config: SimConfig, host: str, port: int) -> None:
-    """Run the simulator until interrupted (the CLI's body); prints one ready line first."""
+class _ManagedServer(uvicorn.Server):
+    """A simulator run by a parent process (:class:`SimulatorProcess`) ignores SIGINT.
+
+    Ctrl-C in a terminal reaches the whole process group; the parent (a worker, the demo)
+    then finishes its calls in flight and stops its simulator with SIGTERM. A simulator that
+    also stopped on the Ctrl-C would cut those calls off mid-answer.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGINT:
+            super().handle_exit(sig, frame)
+
+
+def serve(config: SimConfig, host: str, port: int, *, managed: bool = False) -> None:
+    """Run the simulator until interrupted (the CLI's body); prints one ready line first.
+    ``managed``: started by :class:`SimulatorProcess`, which stops it with SIGTERM."""
     sock = bind_socket(host, port)
     app = SimulatorApp(config)
     print(READY_PREFIX + base_url_of(sock, host), flush=True)
-    uvicorn.Server(uvicorn_config(app, fast_loop=True)).run(sockets=[sock])
+    server_class = _ManagedServer if managed else uvicorn.Server
+    server_class(uvicorn_config(app, fast_loop=True)).run(sockets=[sock])
 
 
 def config_to_args(config: SimConfig) -> list[str]:
@@ -117,6 +133,7 @@ def config_to_args(config: SimConfig) -> list[str]:
         f"--default-max-tokens={config.default_max_tokens}",
         f"--hang-s={config.hang_s}",
         f"--fault-retry-after-ms={config.fault_retry_after_ms}",
+        "--prompt-cache" if config.prompt_cache else "--no-prompt-cache",
     ]
     faults = config.faults or {"503": 0.0}  # an explicit zero overrides the CLI default
     args += [f"--fault-rate={kind}={rate}" for kind, rate in faults.items()]
@@ -147,7 +164,14 @@ class SimulatorProcess:
         return None if self._process is None else self._process.pid
 
     def start(self) -> str:
-        command = [sys.executable, "-m", "bulkgen.simulator", f"--host={self.host}", "--port=0"]
+        command = [
+            sys.executable,
+            "-m",
+            "bulkgen.simulator",
+            f"--host={self.host}",
+            "--port=0",
+            "--managed",
+        ]
         self._process = subprocess.Popen(
             command + config_to_args(self.config), stdout=subprocess.PIPE, text=True
         )

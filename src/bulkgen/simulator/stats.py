@@ -23,6 +23,7 @@ class SimStats:
         self.faults: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.prompt_tokens = 0
+        self.cached_tokens = 0  # of prompt_tokens, read from the prompt cache
         self.completion_tokens = 0
         self._per_second: dict[int, list[int]] = {}
 
@@ -48,6 +49,7 @@ class SimStats:
             "faults": dict(self.faults),
             "errors": dict(self.errors),
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "completion_tokens": self.completion_tokens,
             "per_second": [
                 {"t": second, "requests": slot[0], "tokens": slot[1]}

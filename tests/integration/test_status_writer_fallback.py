@@ -38,7 +38,7 @@ CREATE TRIGGER test_fault AFTER UPDATE ON jobs REFERENCING NEW TABLE AS changed
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=4)
+    pool = await create_pool(database_url, max_size=4, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:

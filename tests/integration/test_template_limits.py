@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bulkgen.errors import InputError
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.simulator import SimConfig, running_simulator
 
 from .pipeline_support import make_settings, start, statuses
@@ -41,7 +41,7 @@ async def test_submit_refuses_a_template_that_cannot_render_the_first_row(
         try:
             rows = [JobInput("tea", {}, {}), JobInput("coffee", {}, {})]
             with pytest.raises(InputError, match=message) as info:
-                await svc.submit(rows, BatchOptions(template=template), account="acme")
+                await svc.submit(rows, svc.batch_options(template=template), account="acme")
             assert str(info.value).startswith("row 1: the prompt template cannot render it")
             assert await svc.store.pool.fetchval("SELECT count(*) FROM batches") == 0
             assert await svc.store.pool.fetchval("SELECT count(*) FROM jobs") == 0
@@ -69,7 +69,7 @@ async def test_rows_the_template_cannot_render_fail_once_as_invalid_input(
         svc = await start(settings)
         try:
             batch_id = await svc.submit(
-                rows, BatchOptions(template=template, max_tokens=200), account="acme"
+                rows, svc.batch_options(template=template, max_tokens=200), account="acme"
             )
             await svc.worker(burst=True).run()
             jobs = await svc.store.pool.fetch(

@@ -295,7 +295,7 @@ async def test_a_request_admitted_before_the_limits_were_known_is_charged_once_t
     provider charged that request, so the next one must wait for the bucket it emptied
     instead of being sent at once into a 429."""
     fake, metrics = FakeTime(), Metrics()
-    gov = await make(fake, metrics, GovernorConfig(policy=PolicyConfig(target_share=1.0)))
+    gov = await make(fake, metrics, configured(policy=PolicyConfig(target_share=1.0)))
     headers = {"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "0"}
     async with gov.slot(KEY, 600) as slot:  # 6 s of a 100 tokens/s budget
         await slot.record(completion(600, headers))

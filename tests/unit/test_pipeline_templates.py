@@ -11,10 +11,10 @@ import pytest
 
 from bulkgen.cache import MemoryCache, SingleFlight
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow
-from bulkgen.intake import validate_options
 from bulkgen.limits import build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.models import ChatRequest, Completion, Usage
+from bulkgen.options import validate_options
 from bulkgen.pipeline import BatchPlan, Pipeline, PipelineConfig
 from bulkgen.prompts import PromptTemplate
 from bulkgen.renderer import RenderLimits, TemplateRenderer
@@ -64,7 +64,9 @@ async def pipeline() -> AsyncIterator[Pipeline]:
         await renderer.aclose()
 
 
-PLAN = BatchPlan(1, validate_options({"template": TEMPLATE}), PromptTemplate.from_text(TEMPLATE))
+PLAN = BatchPlan(
+    1, validate_options({"template": TEMPLATE}, Settings()), PromptTemplate.from_text(TEMPLATE)
+)
 
 
 def _job(variables: dict[str, str]) -> ClaimedJob:

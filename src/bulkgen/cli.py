@@ -8,7 +8,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Coroutine
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,7 +25,13 @@ from bulkgen.errors import BulkgenError, ConfigError, InputError
 from bulkgen.export import write_results
 from bulkgen.intake import MAX_BATCH_ROWS, load_file
 from bulkgen.models import JobStatus
-from bulkgen.options import BatchOptions, check_option, option_bounds, validate_options
+from bulkgen.options import (
+    BatchOptions,
+    check_budget_usd,
+    check_option,
+    option_bounds,
+    validate_options,
+)
 from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
@@ -105,8 +111,22 @@ def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
             changes["data_dir"] = data_dir
         return base.model_copy(update=changes) if changes else base
     except ValidationError as exc:
-        err.print(f"[bold red]invalid settings:[/] {exc}")
+        err.print(f"[bold red]invalid settings:[/] {_settings_problems(exc)}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    """One line per bad variable, named as it is set (``DATABASE_URL``, ``BULKGEN_RPM``),
+    without the value: a service URL may hold a password."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else ""  # a variable's own name, or ...
+        if name in Settings.model_fields:  # ... a field read as BULKGEN_<FIELD>
+            name = f"BULKGEN_{name.upper()}"
+        message = error["msg"].removeprefix("Value error, ")
+        named = not name or message.startswith(name)
+        lines.append(message if named else f"{name}: {message}")
+    return "\n  ".join(lines)
 
 
 def _batch_id(text: str) -> uuid.UUID:
@@ -259,13 +279,10 @@ def _budget(text: str | None) -> Decimal | None:
     if text is None:
         return None
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        value = Decimal(-1)
-    if not value.is_finite() or value < 0:
-        err.print(f"[bold red]error:[/] --budget-usd must be a non-negative amount, not {text!r}")
-        raise typer.Exit(2)
-    return value
+        return check_budget_usd(text)
+    except ConfigError as exc:
+        err.print(f"[bold red]error:[/] --{exc}".replace("budget_usd", "budget-usd", 1))
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -17,6 +17,8 @@ Conventions:
 - JSONL: one JSON object per line with a ``keyword`` field; the same rules for the other
   fields (non-string values become their JSON text; ``null`` is "absent").
 - Keywords are stripped of surrounding whitespace and must hold 1-500 characters.
+- Every field, CSV cell or JSONL value alike (nested JSON counted as its text), holds at
+  most 100,000 characters and no NUL character or lone surrogate.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ __all__ = [
 
 MAX_KEYWORD_CHARS = 500
 MAX_BATCH_ROWS = 10_000
+# One limit for every field of a row (CSV cell or JSONL value, names included): a variable
+# becomes part of a prompt, and 100,000 characters is already ~25,000 tokens.
+MAX_FIELD_CHARS = 100_000
+# The csv module refuses cells over 128 KiB with an error that names no row or field; let
+# it read them, so the limit above is the one a user meets, with its row and field.
+csv.field_size_limit(max(csv.field_size_limit(), 4 * MAX_FIELD_CHARS + 1))
 
 
 @dataclass(frozen=True)
@@ -76,12 +84,33 @@ def _at(line: int | None) -> str:
     return f" (line {line})" if line is not None else ""
 
 
+def _storable(text: str, row: int, field: str, line: int | None) -> str:
+    """Text PostgreSQL can store and a prompt can carry: no NUL character, no lone
+    surrogate (JSON allows both), at most ``MAX_FIELD_CHARS``. Refused here, with its row
+    and field, rather than by the database with neither."""
+    if "\x00" in text:
+        raise InputError(f"contains a NUL character{_at(line)}", row=row, field=field)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"contains a lone surrogate, which is not text{_at(line)}", row=row, field=field
+        ) from None
+    if len(text) > MAX_FIELD_CHARS:
+        raise InputError(
+            f"has {len(text):,} characters, more than {MAX_FIELD_CHARS:,}{_at(line)}",
+            row=row,
+            field=field,
+        )
+    return text
+
+
 def _keyword(value: object, row: int, line: int | None) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise InputError(f"keyword must be text{_at(line)}", row=row, field="keyword")
-    keyword = value.strip()
+    keyword = _storable(value, row, "keyword", line).strip()
     if not keyword:
         raise InputError(f"keyword is empty{_at(line)}", row=row, field="keyword")
     if len(keyword) > MAX_KEYWORD_CHARS:
@@ -101,6 +130,7 @@ def _job(fields: Mapping[str, object], row: int, line: int | None = None) -> Job
     """One row's fields -> JobInput; names are matched to keyword/options case-insensitively."""
     by_name: dict[str, str] = {}
     for name in fields:
+        _storable(name, row, "a field name", line)
         canonical = name.strip().lower()
         if canonical in ("keyword", *OVERRIDABLE_OPTIONS):
             if canonical in by_name:
@@ -114,13 +144,15 @@ def _job(fields: Mapping[str, object], row: int, line: int | None = None) -> Job
         value = fields[name]
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty cell: this row keeps the batch's option
+        if isinstance(value, str):
+            _storable(value, row, option, line)
         try:
             overrides[option] = check_option(option, value)
         except ValueError as exc:
             raise InputError(f"{exc}{_at(line)}", row=row, field=option) from exc
     special = set(by_name.values())
     variables = {
-        name.strip(): _variable(value)
+        name.strip(): _storable(_variable(value), row, name.strip(), line)
         for name, value in fields.items()
         if value is not None and name not in special and name.strip().lower() != "keyword"
     }

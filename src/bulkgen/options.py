@@ -30,6 +30,7 @@ Bounds, and why:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any
 
 import annotated_types
@@ -56,6 +57,7 @@ __all__ = [
     "BatchOptions",
     "MaxTokens",
     "ModelName",
+    "check_budget_usd",
     "check_option",
     "option_bounds",
     "stored_options",
@@ -63,6 +65,29 @@ __all__ = [
 ]
 
 MAX_TEXT_OPTION_CHARS = 200
+# A spending cap is stored as numeric(14, 6): up to 99,999,999.999999 US dollars, to the
+# millionth of a dollar (a tenth of the cheapest model's price for one token).
+MAX_BUDGET_USD = Decimal("99999999.999999")
+BUDGET_PLACES = 6
+
+
+def check_budget_usd(value: object) -> Decimal:
+    """A batch's spending cap, as the database will keep it, or :class:`ConfigError`
+    naming what is wrong: not a number, negative, beyond the column's range, or finer than
+    a millionth of a dollar (silently rounding a cap would change what it allows)."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        raise ConfigError(f"budget_usd must be an amount in US dollars, not {value!r}")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f"budget_usd must be an amount in US dollars, not {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"budget_usd must be a non-negative amount, not {value!r}")
+    if amount > MAX_BUDGET_USD:
+        raise ConfigError(f"budget_usd must be at most {MAX_BUDGET_USD:,}, not {value!r}")
+    if amount != amount.quantize(Decimal(1).scaleb(-BUDGET_PLACES), rounding=ROUND_DOWN):
+        raise ConfigError(f"budget_usd has more than {BUDGET_PLACES} decimal places: {value!r}")
+    return amount
 
 
 def _whole_number(value: object) -> object:

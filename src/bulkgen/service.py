@@ -30,7 +30,7 @@ from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import ChatRequest, Completion
-from bulkgen.options import BatchOptions, validate_options
+from bulkgen.options import BatchOptions, check_budget_usd, validate_options
 from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
@@ -106,7 +106,10 @@ class Services:
         budget_usd: Decimal | None = None,
     ) -> uuid.UUID:
         """Enqueue a batch atomically; the template is checked before anything is written,
-        down to rendering the first row within the render limits."""
+        down to rendering the first row within the render limits, and a spending cap is one
+        the database can keep."""
+        if budget_usd is not None:
+            budget_usd = check_budget_usd(budget_usd)
         template = (
             PromptTemplate.from_text(options.template)
             if options.template

@@ -12,11 +12,25 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkgen.options import MaxTokens, ModelName
+
+
+def _checked_url(name: str, url: str) -> str:
+    """A service URL whose host and port can be read, so a typo (a port that is not a
+    number or out of range, a broken IPv6 literal) is a settings error naming the
+    variable, not a driver traceback later. The message never repeats the URL: it may
+    hold a password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it validates it
+    except ValueError as exc:
+        raise ValueError(f"{name} is malformed: {exc}") from None
+    return url
 
 
 def _env(name: str) -> AliasChoices:
@@ -103,14 +117,16 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
-        return value
+        return value if value is None else _checked_url("REDIS_URL", value)
 
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+        if value is None:
+            return value
+        if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must start with postgresql:// or postgres://")
-        return value
+        return _checked_url("DATABASE_URL", value)
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

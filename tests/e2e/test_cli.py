@@ -121,3 +121,38 @@ def test_cancel_ends_every_queued_job(database_url: str, tmp_path: Path) -> None
     assert (summary["cancelled"], summary["queued"]) == (5, 0)
     unknown = _bulkgen("cancel", "00000000-0000-0000-0000-000000000000", env=env)
     assert unknown.returncode == 1 and "no batch" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:hunter2secret@db.internal:99999/app",
+        "postgresql://app:hunter2secret@[::1/app",
+        "postgresql://app:hunter2secret@db.internal:port/app",
+    ],
+)
+def test_a_malformed_database_url_is_a_clear_error_without_its_password(
+    database_url: str, url: str
+) -> None:
+    result = _bulkgen("status", "00000000-0000-0000-0000-000000000000", env=_env(url))
+    assert result.returncode == 2, result.stderr
+    assert "DATABASE_URL is malformed" in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2secret" not in result.stderr
+
+
+def test_input_the_database_would_refuse_is_refused_at_submit(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = _env(database_url, OPENAI_API_KEY="sk-x")
+    nul = tmp_path / "nul.jsonl"
+    nul.write_text('{"keyword": "fine"}\n{"keyword": "also fine", "notes": "a\\u0000b"}\n')
+    refused = _bulkgen("submit", str(nul), env=env)
+    assert refused.returncode == 1 and "row 2" in refused.stderr and "notes" in refused.stderr
+    keywords = tmp_path / "k.csv"
+    keywords.write_text("keyword\nalpha\n")
+    too_rich = _bulkgen("submit", str(keywords), "--budget-usd", "1e309", env=env)
+    assert too_rich.returncode == 2 and "--budget-usd must be at most" in too_rich.stderr
+    for result in (refused, too_rich):
+        assert "Traceback" not in result.stderr
+    status = _bulkgen("db", "prune", "--older-than-days", "0", env=env)
+    assert status.returncode == 0 and "deleted 0 batches" in status.stdout  # nothing enqueued

@@ -18,12 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkgen import logs
+from bulkgen.batch_status import read_batch_status
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
+from bulkgen.export import jsonl_line
 from bulkgen.intake import load_file, validate_options
-from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
+from bulkgen.progress import batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
 from bulkgen.simulator.cli import simulate
@@ -236,22 +238,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     record = await svc.store.batch_get(batch_id)
     if record is None:
         raise ConfigError(f"no batch {batch_id}")
-    counts = await svc.store.batch_counts(batch_id)
-    summary = BatchCounts.of(record.total, counts)
-    errors = await svc.store.batch_errors(batch_id)
-    usage = await svc.store.batch_usage(batch_id, svc.prices)
-    data: dict[str, Any] = {
-        "batch_id": str(batch_id),
-        "account": record.account,
-        "total": record.total,
-        **{s: summary.get(s) for s in ("queued", "generating", "done", "failed", "cancelled")},
-        "prompt_tokens": sum(c.prompt_tokens for c in counts),
-        "completion_tokens": sum(c.completion_tokens for c in counts),
-        "cached": sum(c.cached for c in counts),
-        **usage.as_dict(),
-        "budget_usd": None if record.budget_usd is None else str(record.budget_usd),
-        "errors": {kind: jobs for kind, jobs, _ in errors},
-    }
+    status = await read_batch_status(svc.store, record, svc.prices)
+    data = status.as_dict()
     if as_json:
         print(json.dumps(data))
         return
@@ -259,8 +247,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     for key, value in data.items():
         if key not in ("batch_id", "account", "errors"):
             table.add_row(key.replace("_", " "), _status_cell(key, value))
-    for kind, jobs, example in errors:
-        table.add_row(f"error: {kind}", f"{jobs:,}  e.g. {example[:80]}")
+    for error in status.errors:
+        table.add_row(f"error: {error.kind}", f"{error.jobs:,}  e.g. {error.example[:80]}")
     console.print(table)
 
 
@@ -302,7 +290,7 @@ def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, default=str) + "\n")
+                fh.write(jsonl_line(row))
         return sum(1 for r in rows if r["status"] == "done")
     out.mkdir(parents=True, exist_ok=True)
     written = 0

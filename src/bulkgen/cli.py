@@ -17,8 +17,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bulkgen import logs
+from bulkgen import accounts, logs
+from bulkgen.accounts import DEFAULT_QUOTA
 from bulkgen.batch_status import read_batch_status
+from bulkgen.db.accounts import AccountRow
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
@@ -301,6 +303,109 @@ def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
         (out / f"{row['id']}-{slug or 'article'}.md").write_text(row["content"], encoding="utf-8")
         written += 1
     return written
+
+
+accounts_app = typer.Typer(no_args_is_help=True, help="Accounts and their API keys.")
+app.add_typer(accounts_app, name="accounts")
+AccountName = Annotated[str, typer.Argument(help="1-64 letters, digits, '.', '_' or '-'.")]
+
+
+def _show_key(name: str, key: str) -> None:
+    """The key alone on stdout (so `KEY=$(bulkgen accounts create x)` works), the note on
+    stderr. This is the only time the key is ever shown."""
+    err.print(f"API key for account {name!r} (shown only this once; store it now):")
+    print(key, flush=True)
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: AccountName,
+    concurrency_quota: Annotated[
+        int, typer.Option(help="Jobs this account may have running at once.")
+    ] = DEFAULT_QUOTA,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an account and print its API key."""
+
+    async def body() -> str:
+        accounts.check_name(name)
+        accounts.check_quota(concurrency_quota)
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            return await accounts.create_account(svc.store, name, quota=concurrency_quota)
+
+    _show_key(name, _run(body()))
+
+
+@accounts_app.command("list")
+def accounts_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Every account: quota, creation time, whether it has a key, and its batches."""
+
+    async def body() -> list[AccountRow]:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
+            return await accounts.list_accounts(svc.store)
+
+    rows = _run(body())
+    if as_json:
+        print(json.dumps([_account_json(r) for r in rows]))
+        return
+    table = Table("name", "quota", "created", "key", "batches")
+    for r in rows:
+        created = r.created_at.strftime("%Y-%m-%d %H:%M")
+        has_key = "yes" if r.has_key else "no"
+        table.add_row(r.name, f"{r.concurrency_quota:,}", created, has_key, f"{r.batches:,}")
+    console.print(table)
+
+
+def _account_json(row: AccountRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "concurrency_quota": row.concurrency_quota,
+        "created_at": row.created_at.isoformat(),
+        "has_key": row.has_key,
+        "batches": row.batches,
+    }
+
+
+@accounts_app.command("rotate-key")
+def accounts_rotate_key(name: AccountName, data_dir: DataDir = None) -> None:
+    """Give the account a new API key; the old one stops working at once."""
+
+    async def body() -> str:
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            return await accounts.rotate_key(svc.store, name)
+
+    _show_key(name, _run(body()))
+
+
+@accounts_app.command("revoke")
+def accounts_revoke(name: AccountName, data_dir: DataDir = None) -> None:
+    """Remove the account's API key: no key works for it until `rotate-key`."""
+
+    async def body() -> None:
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            await accounts.revoke_key(svc.store, name)
+
+    _run(body())
+    console.print(f"account {name!r} has no API key now; requests with the old one get 401")
+
+
+@accounts_app.command("set-quota")
+def accounts_set_quota(
+    name: AccountName,
+    quota: Annotated[int, typer.Argument(help="Jobs the account may have running at once.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Set how many jobs the account may have running at once, across every worker."""
+
+    async def body() -> None:
+        accounts.check_quota(quota)
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            await accounts.set_quota(svc.store, name, quota)
+
+    _run(body())
+    console.print(f"account {name!r} may now run {quota:,} jobs at once")
 
 
 def main() -> None:

@@ -285,3 +285,39 @@ DELETE FROM batches b USING old
 WHERE b.id = old.id
 RETURNING b.id, (SELECT count(*) FROM gone) AS jobs
 """
+
+# ---------------------------------------------------------------- accounts and API keys
+# Keys are stored as their SHA-256 digest only (see bulkgen.accounts); the digest is what
+# is looked up, so no statement ever sees a key.
+
+# A new account; nothing is returned when the name is taken (the caller says so clearly).
+ACCOUNT_CREATE = """
+INSERT INTO accounts (name, api_key_hash, concurrency_quota) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name, concurrency_quota, created_at
+"""
+
+ACCOUNT_BY_KEY_HASH = "SELECT id, name, api_key_hash FROM accounts WHERE api_key_hash = $1"
+
+# Rotate ($2 a new digest) or revoke ($2 NULL): the old key stops working with this commit.
+ACCOUNT_KEY_SET = "UPDATE accounts SET api_key_hash = $2 WHERE name = $1 RETURNING id"
+
+ACCOUNT_QUOTA_SET = "UPDATE accounts SET concurrency_quota = $2 WHERE name = $1 RETURNING id"
+
+ACCOUNTS_LIST = """
+SELECT a.id, a.name, a.concurrency_quota, a.created_at,
+       a.api_key_hash IS NOT NULL AS has_key,
+       (SELECT count(*) FROM batches b WHERE b.account_id = a.id) AS batches
+FROM accounts a
+ORDER BY a.name
+"""
+
+# First start of a server: give `$1` a key only while no account has one. The conflict
+# clause re-checks the row it locked, so two servers starting at once hand out one key.
+ACCOUNT_KEY_BOOTSTRAP = """
+INSERT INTO accounts (name, api_key_hash)
+SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE api_key_hash IS NOT NULL)
+ON CONFLICT (name) DO UPDATE SET api_key_hash = EXCLUDED.api_key_hash
+WHERE accounts.api_key_hash IS NULL
+RETURNING id
+"""

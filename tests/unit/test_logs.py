@@ -21,3 +21,9 @@ def test_event_lines_carry_their_context() -> None:
 def test_plain_records_have_no_trailing_context() -> None:
     record = logging.LogRecord("x", logging.INFO, "f", 1, "worker.started", None, None)
     assert EventFormatter().format(record).endswith("worker.started")
+
+
+def test_uvicorns_coloured_copy_of_the_message_is_not_repeated() -> None:
+    record = logging.LogRecord("uvicorn", logging.INFO, "f", 1, "Started server", None, None)
+    record.color_message = "\x1b[36mStarted server\x1b[0m"
+    assert EventFormatter().format(record).endswith("Started server")

@@ -20,6 +20,7 @@ from rich.table import Table
 from bulkgen import accounts, logs
 from bulkgen.accounts import DEFAULT_QUOTA
 from bulkgen.batch_status import read_batch_status
+from bulkgen.db.account_scope import batch_retry_failed
 from bulkgen.db.accounts import AccountRow
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
@@ -303,6 +304,62 @@ def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
         (out / f"{row['id']}-{slug or 'article'}.md").write_text(row["content"], encoding="utf-8")
         written += 1
     return written
+
+
+@app.command()
+def retry(batch: str, data_dir: DataDir = None) -> None:
+    """Put a batch's failed jobs back in the queue with fresh attempts."""
+    batch_id = _batch_id(batch)
+
+    async def body() -> int:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
+            record = await svc.store.batch_get(batch_id)
+            requeued = (
+                None
+                if record is None
+                else await batch_retry_failed(svc.store, record.account_id, batch_id)
+            )
+            if requeued is None:
+                raise ConfigError(f"no batch {batch_id}")
+            return requeued
+
+    requeued = _run(body())
+    console.print(f"re-queued {requeued} failed jobs; a worker runs them next")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Also run a worker in this process.")
+    ] = True,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=10_000)] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the HTTP API (docs at /docs); by default a worker runs in the same process."""
+    # Imported here: the web stack costs every other command start-up time for nothing.
+    from bulkgen.api.serve import FIRST_ACCOUNT, ServeOptions, serve_api
+    from bulkgen.api.settings import ApiSettings
+
+    logs.configure(logging.INFO)
+    settings = _settings(data_dir)
+    try:
+        api_settings = ApiSettings()
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    def announce(base_url: str, first_key: str | None) -> None:
+        print(f"bulkgen API on {base_url} (docs: {base_url}/docs)", flush=True)
+        if first_key is not None:
+            print(f"API key for account '{FIRST_ACCOUNT}' (shown only this once):", flush=True)
+            print(first_key, flush=True)
+
+    options = ServeOptions(host=host, port=port, worker=worker, concurrency=concurrency)
+    _run(serve_api(settings, api_settings, options, announce))
 
 
 accounts_app = typer.Typer(no_args_is_help=True, help="Accounts and their API keys.")

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from bulkgen.budget import BudgetLedger, LedgerBackend, MemoryLedger, RedisLedger
 from bulkgen.cache import SingleFlight, build_cache
 from bulkgen.db.embedded import start_embedded
+from bulkgen.db.idempotency import IdempotencyKey
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
@@ -93,8 +94,13 @@ class Services:
         *,
         account: str = "default",
         budget_usd: Decimal | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> uuid.UUID:
-        """Enqueue a batch atomically; the template is checked before anything is written."""
+        """Enqueue a batch atomically; the template is checked before anything is written.
+
+        With ``idempotency``, a request repeated under the same key returns the first one's
+        batch instead of creating another.
+        """
         template = (
             PromptTemplate.from_text(options.template)
             if options.template
@@ -114,6 +120,7 @@ class Services:
             template_version=template.version,
             inputs=inputs,
             budget_usd=budget_usd,
+            idempotency=idempotency,
         )
 
     async def aclose(self) -> None:

@@ -17,14 +17,17 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bulkgen import __version__, logs
+from bulkgen import __version__, accounts, logs
+from bulkgen.accounts import DEFAULT_QUOTA
+from bulkgen.batch_status import read_batch_status
+from bulkgen.db.account_scope import batch_retry_failed
+from bulkgen.db.accounts import AccountRow
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
 from bulkgen.export import write_results
 from bulkgen.intake import MAX_BATCH_ROWS, load_file
-from bulkgen.models import JobStatus
 from bulkgen.options import (
     BatchOptions,
     check_budget_usd,
@@ -32,7 +35,7 @@ from bulkgen.options import (
     option_bounds,
     validate_options,
 )
-from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
+from bulkgen.progress import batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
 from bulkgen.simulator.cli import simulate
@@ -346,22 +349,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     record = await svc.store.batch_get(batch_id)
     if record is None:
         raise ConfigError(f"no batch {batch_id}")
-    counts = await svc.store.batch_counts(batch_id)
-    summary = BatchCounts.of(record.total, counts)
-    errors = await svc.store.batch_errors(batch_id)
-    usage = await svc.store.batch_usage(batch_id, svc.prices)
-    data: dict[str, Any] = {
-        "batch_id": str(batch_id),
-        "account": record.account,
-        "total": record.total,
-        **{s.value: summary.get(s) for s in JobStatus},
-        "prompt_tokens": sum(c.prompt_tokens for c in counts),
-        "completion_tokens": sum(c.completion_tokens for c in counts),
-        "cached": sum(c.cached for c in counts),
-        **usage.as_dict(),
-        "budget_usd": None if record.budget_usd is None else str(record.budget_usd),
-        "errors": {kind: jobs for kind, jobs, _ in errors},
-    }
+    status = await read_batch_status(svc.store, record, svc.prices)
+    data = status.as_dict()
     if as_json:
         print(json.dumps(data))
         return
@@ -369,8 +358,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     for key, value in data.items():
         if key not in ("batch_id", "account", "errors"):
             table.add_row(key.replace("_", " "), _status_cell(key, value))
-    for kind, jobs, example in errors:
-        table.add_row(f"error: {kind}", f"{jobs:,}  e.g. {example[:80]}")
+    for error in status.errors:
+        table.add_row(f"error: {error.kind}", f"{error.jobs:,}  e.g. {error.example[:80]}")
     console.print(table)
 
 
@@ -389,6 +378,7 @@ def _status_cell(key: str, value: object) -> str:
 def results(
     batch: BatchArg,
     out: Annotated[Path, typer.Option(help="A folder (one .md per article) or a .jsonl file.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing .jsonl file.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Export a batch's articles: one Markdown file each, or every job as JSON lines."""
@@ -400,13 +390,172 @@ def results(
         ) as svc:
             if await svc.store.batch_get(batch_id) is None:
                 raise ConfigError(f"no batch {batch_id}")
-            return await write_results(svc.store.results_iter(batch_id), out)
+            return await write_results(svc.store.results_iter(batch_id), out, force=force)
 
     written = _run(body())
     console.print(f"wrote {written} articles to {out}")
 
 
 app.command("simulate", help="Serve the OpenAI-compatible simulator on its own.")(simulate)
+
+
+@app.command()
+def retry(batch: str, data_dir: DataDir = None) -> None:
+    """Put a batch's failed jobs back in the queue with fresh attempts."""
+    batch_id = _batch_id(batch)
+
+    async def body() -> int:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
+            record = await svc.store.batch_get(batch_id)
+            requeued = (
+                None
+                if record is None
+                else await batch_retry_failed(svc.store, record.account_id, batch_id)
+            )
+            if requeued is None:
+                raise ConfigError(f"no batch {batch_id}")
+            return requeued
+
+    requeued = _run(body())
+    console.print(f"re-queued {requeued} failed jobs; a worker runs them next")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8000,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Also run a worker in this process.")
+    ] = True,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=10_000)] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the HTTP API (docs at /docs); by default a worker runs in the same process."""
+    # Imported here: the web stack costs every other command start-up time for nothing.
+    from bulkgen.api.serve import FIRST_ACCOUNT, ServeOptions, serve_api
+    from bulkgen.api.settings import ApiSettings
+
+    logs.configure(logging.INFO)
+    settings = _settings(data_dir)
+    try:
+        api_settings = ApiSettings()
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    def announce(base_url: str, first_key: str | None) -> None:
+        print(f"bulkgen API on {base_url} (docs: {base_url}/docs)", flush=True)
+        if first_key is not None:
+            print(f"API key for account '{FIRST_ACCOUNT}' (shown only this once):", flush=True)
+            print(first_key, flush=True)
+
+    options = ServeOptions(host=host, port=port, worker=worker, concurrency=concurrency)
+    _run(serve_api(settings, api_settings, options, announce))
+
+
+accounts_app = typer.Typer(no_args_is_help=True, help="Accounts and their API keys.")
+app.add_typer(accounts_app, name="accounts")
+AccountName = Annotated[str, typer.Argument(help="1-64 letters, digits, '.', '_' or '-'.")]
+
+
+def _show_key(name: str, key: str) -> None:
+    """The key alone on stdout (so `KEY=$(bulkgen accounts create x)` works), the note on
+    stderr. This is the only time the key is ever shown."""
+    err.print(f"API key for account {name!r} (shown only this once; store it now):")
+    print(key, flush=True)
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: AccountName,
+    concurrency_quota: Annotated[
+        int, typer.Option(help="Jobs this account may have running at once.")
+    ] = DEFAULT_QUOTA,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an account and print its API key."""
+
+    async def body() -> str:
+        accounts.check_name(name)
+        accounts.check_quota(concurrency_quota)
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            return await accounts.create_account(svc.store, name, quota=concurrency_quota)
+
+    _show_key(name, _run(body()))
+
+
+@accounts_app.command("list")
+def accounts_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Every account: quota, creation time, whether it has a key, and its batches."""
+
+    async def body() -> list[AccountRow]:
+        async with services(
+            _settings(data_dir), need_provider=False, apply_migrations=False
+        ) as svc:
+            return await accounts.list_accounts(svc.store)
+
+    rows = _run(body())
+    if as_json:
+        print(json.dumps([_account_json(r) for r in rows]))
+        return
+    table = Table("name", "quota", "created", "key", "batches")
+    for r in rows:
+        created = r.created_at.strftime("%Y-%m-%d %H:%M")
+        has_key = "yes" if r.has_key else "no"
+        table.add_row(r.name, f"{r.concurrency_quota:,}", created, has_key, f"{r.batches:,}")
+    console.print(table)
+
+
+def _account_json(row: AccountRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "concurrency_quota": row.concurrency_quota,
+        "created_at": row.created_at.isoformat(),
+        "has_key": row.has_key,
+        "batches": row.batches,
+    }
+
+
+@accounts_app.command("rotate-key")
+def accounts_rotate_key(name: AccountName, data_dir: DataDir = None) -> None:
+    """Give the account a new API key; the old one stops working at once."""
+
+    async def body() -> str:
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            return await accounts.rotate_key(svc.store, name)
+
+    _show_key(name, _run(body()))
+
+
+@accounts_app.command("revoke")
+def accounts_revoke(name: AccountName, data_dir: DataDir = None) -> None:
+    """Remove the account's API key: no key works for it until `rotate-key`."""
+
+    async def body() -> None:
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            await accounts.revoke_key(svc.store, name)
+
+    _run(body())
+    console.print(f"account {name!r} has no API key now; requests with the old one get 401")
+
+
+@accounts_app.command("set-quota")
+def accounts_set_quota(
+    name: AccountName,
+    quota: Annotated[int, typer.Argument(help="Jobs the account may have running at once.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Set how many jobs the account may have running at once, across every worker."""
+
+    async def body() -> None:
+        accounts.check_quota(quota)
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            await accounts.set_quota(svc.store, name, quota)
+
+    _run(body())
+    console.print(f"account {name!r} may now run {quota:,} jobs at once")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ our types::
     ├── BudgetContended             the rest of a cap is held by calls still in flight
     ├── RequestTooLarge             one request is bigger than the whole token budget
     ├── RendererUnavailable         no process to render prompts in could be started
+    ├── Conflict                    valid, but refused by the state of what it acts on
     └── ProviderError               one provider call failed; knows if a retry may help
         ├── RateLimited             429 rate_limit_exceeded (snooze, never burns an attempt)
         ├── QuotaExhausted          429 insufficient_quota (fails at once)
@@ -155,3 +156,12 @@ class InvalidOutput(ProviderError):
     def __init__(self, message: str, *, reason: str = "invalid_output") -> None:
         super().__init__(message)
         self.kind = reason  # "empty", "truncated", "malformed", "too_short", ...
+
+
+class Conflict(BulkgenError):
+    """A valid request that the current state refuses: retrying a cancelled batch, or an
+    idempotency key sent again with a different request. ``kind`` names which."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -15,8 +15,13 @@ from typing import TextIO
 
 from bulkgen.redaction import RedactingFilter
 
-# Attributes every LogRecord has; anything else came from ``extra=``.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# Attributes every LogRecord has; anything else came from ``extra=``. uvicorn adds a
+# coloured copy of its message, which would only repeat the line with escape codes.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class EventFormatter(logging.Formatter):

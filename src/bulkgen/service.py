@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from bulkgen.budget import BudgetLedger, LedgerBackend, MemoryLedger, RedisLedger
 from bulkgen.cache import SingleFlight, build_cache
 from bulkgen.db.embedded import start_embedded
+from bulkgen.db.idempotency import IdempotencyKey
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
@@ -104,10 +105,15 @@ class Services:
         *,
         account: str = "default",
         budget_usd: Decimal | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> uuid.UUID:
         """Enqueue a batch atomically; the template is checked before anything is written,
         down to rendering the first row within the render limits, and a spending cap is one
-        the database can keep."""
+        the database can keep.
+
+        With ``idempotency``, a request repeated under the same key returns the first one's
+        batch instead of creating another.
+        """
         if budget_usd is not None:
             budget_usd = check_budget_usd(budget_usd)
         template = (
@@ -129,6 +135,7 @@ class Services:
             template_version=template.version,
             inputs=inputs,
             budget_usd=budget_usd,
+            idempotency=idempotency,
         )
 
     async def _render_first(

@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bulkgen.errors import InputError
 from bulkgen.export import write_results
 
 
@@ -73,3 +76,43 @@ async def test_folder_writes_each_article_before_reading_the_next(tmp_path: Path
     assert (out / "1-green-tea-1.md").read_text() == "# Article 1\n\ntext"
     # Before row k is read, every done article among rows 1..k-1 is already a file.
     assert seen == [sum(r["status"] == "done" for r in rows[:k]) for k in range(len(rows))]
+
+
+async def _rows(*rows: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    for row in rows:
+        yield row
+
+
+DONE = {"id": 7, "status": "done", "input": {"keyword": "Cold brew"}, "content": "# Brew\n"}
+
+
+async def test_an_existing_jsonl_is_kept_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(InputError, match="already exists; use --force"):
+        await write_results(_rows(DONE), out)
+    assert out.read_text() == "precious\n"
+    assert await write_results(_rows(DONE), out, force=True) == 1
+    assert json.loads(out.read_text())["id"] == 7
+
+
+async def test_an_export_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "victim.txt"
+    target.write_text("untouched")
+    folder = tmp_path / "articles"
+    folder.mkdir()
+    (folder / "7-cold-brew.md").symlink_to(target)
+    with pytest.raises(InputError, match="symbolic link"):
+        await write_results(_rows(DONE), folder)
+    link = tmp_path / "all.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(InputError, match="symbolic link"):
+        await write_results(_rows(DONE), link, force=True)
+    assert target.read_text() == "untouched"
+
+
+async def test_a_folder_export_onto_a_regular_file_is_a_clear_error(tmp_path: Path) -> None:
+    plain = tmp_path / "articles"
+    plain.write_text("not a folder")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        await write_results(_rows(DONE), plain)

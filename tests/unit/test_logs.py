@@ -40,3 +40,9 @@ def test_a_driver_traceback_becomes_one_event_line() -> None:
     assert "db.driver_error" in lines[0] and "Traceback" not in lines[0]
     assert "detail=Failed to restore the pool connection floor" in lines[0]
     assert "error=ConnectionRefusedError" in lines[0] and "5432" in lines[0]
+
+
+def test_uvicorns_coloured_copy_of_the_message_is_not_repeated() -> None:
+    record = logging.LogRecord("uvicorn", logging.INFO, "f", 1, "Started server", None, None)
+    record.color_message = "\x1b[36mStarted server\x1b[0m"
+    assert EventFormatter().format(record).endswith("Started server")

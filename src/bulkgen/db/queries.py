@@ -292,3 +292,122 @@ DELETE FROM batches b USING old
 WHERE b.id = old.id
 RETURNING b.id, (SELECT count(*) FROM gone) AS jobs
 """
+
+# ---------------------------------------------------------------- accounts and API keys
+# Keys are stored as their SHA-256 digest only (see bulkgen.accounts); the digest is what
+# is looked up, so no statement ever sees a key.
+
+# A new account; nothing is returned when the name is taken (the caller says so clearly).
+ACCOUNT_CREATE = """
+INSERT INTO accounts (name, api_key_hash, concurrency_quota) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name, concurrency_quota, created_at
+"""
+
+ACCOUNT_BY_KEY_HASH = "SELECT id, name, api_key_hash FROM accounts WHERE api_key_hash = $1"
+
+# Rotate ($2 a new digest) or revoke ($2 NULL): the old key stops working with this commit.
+ACCOUNT_KEY_SET = "UPDATE accounts SET api_key_hash = $2 WHERE name = $1 RETURNING id"
+
+ACCOUNT_QUOTA_SET = "UPDATE accounts SET concurrency_quota = $2 WHERE name = $1 RETURNING id"
+
+ACCOUNTS_LIST = """
+SELECT a.id, a.name, a.concurrency_quota, a.created_at,
+       a.api_key_hash IS NOT NULL AS has_key,
+       (SELECT count(*) FROM batches b WHERE b.account_id = a.id) AS batches
+FROM accounts a
+ORDER BY a.name
+"""
+
+# First start of a server: give `$1` a key only while no account has one. The conflict
+# clause re-checks the row it locked, so two servers starting at once hand out one key.
+ACCOUNT_KEY_BOOTSTRAP = """
+INSERT INTO accounts (name, api_key_hash)
+SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE api_key_hash IS NOT NULL)
+ON CONFLICT (name) DO UPDATE SET api_key_hash = EXCLUDED.api_key_hash
+WHERE accounts.api_key_hash IS NULL
+RETURNING id
+"""
+
+# ---------------------------------------------------------------- one account's batches
+# Every statement below carries the account id: another account's batch or job is
+# indistinguishable from a missing one.
+
+BATCH_GET_OF_ACCOUNT = """
+SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
+       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason
+FROM batches b JOIN accounts a ON a.id = b.account_id
+WHERE b.id = $1 AND b.account_id = $2
+"""
+
+# Newest first, keyset-paginated on (created_at, id): a page costs the same at any depth.
+BATCHES_OF_ACCOUNT = """
+SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
+       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason
+FROM batches b JOIN accounts a ON a.id = b.account_id
+WHERE b.account_id = $1
+  AND ($2::timestamptz IS NULL OR (b.created_at, b.id) < ($2::timestamptz, $3::uuid))
+ORDER BY b.created_at DESC, b.id DESC
+LIMIT $4
+"""
+
+BATCHES_STATUS_COUNTS = """
+SELECT batch_id, status, count(*) AS jobs
+FROM jobs WHERE batch_id = ANY($1::uuid[])
+GROUP BY batch_id, status
+"""
+
+JOBS_OF_BATCH = """
+SELECT j.id, j.batch_id, j.status, j.input, j.attempts, j.error_kind, j.error_message,
+       j.cached, j.prompt_tokens, j.completion_tokens, j.created_at, j.finished_at
+FROM jobs j
+WHERE j.batch_id = $1 AND j.account_id = $2
+  AND ($3::text IS NULL OR j.status = $3) AND j.id > $4
+ORDER BY j.id
+LIMIT $5
+"""
+
+JOB_GET_OF_ACCOUNT = """
+SELECT j.id, j.batch_id, j.status, j.input, j.attempts, j.error_kind, j.error_message,
+       j.cached, j.prompt_tokens, j.completion_tokens, j.created_at, j.finished_at,
+       r.content, r.html, r.title, r.word_count, r.finish_reason, r.model
+FROM jobs j LEFT JOIN results r ON r.job_id = j.id
+WHERE j.id = $1 AND j.account_id = $2
+"""
+
+# Failed jobs go back to the queue with fresh attempts (and a fresh rate-limit wait
+# allowance); their last error stays readable until they finish again. A cancelled batch
+# keeps its failed jobs: a cancel sticks. Tokens of the failed answer stay on the row until
+# a new answer replaces them, as for any retry.
+BATCH_RETRY_FAILED = """
+WITH b AS (
+    SELECT id, cancelled_at FROM batches WHERE id = $1 AND account_id = $2
+),
+requeued AS (
+    UPDATE jobs j
+    SET status = 'queued', attempts = 0, rate_limited_ms = 0, run_after = now(),
+        finished_at = NULL
+    FROM b
+    WHERE j.batch_id = b.id AND b.cancelled_at IS NULL AND j.status = 'failed'
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM b) > 0 AS found,
+       coalesce((SELECT cancelled_at IS NOT NULL FROM b), false) AS cancelled,
+       (SELECT count(*) FROM requeued) AS requeued
+"""
+
+# ---------------------------------------------------------------- idempotent submits
+
+# Claimed inside the batch's own transaction, before its rows are written.
+IDEMPOTENCY_KEY_CLAIM = """
+INSERT INTO idempotency_keys (account_id, key, request_hash, batch_id)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (account_id, key) DO NOTHING
+RETURNING batch_id
+"""
+
+IDEMPOTENCY_KEY_GET = """
+SELECT batch_id, request_hash FROM idempotency_keys WHERE account_id = $1 AND key = $2
+"""
+
+DATABASE_PING = "SELECT 1"

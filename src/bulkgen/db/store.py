@@ -17,6 +17,7 @@ import asyncpg
 
 from bulkgen.accounting import BatchUsage, BudgetSeed, UsageLine, summarize
 from bulkgen.db import queries as q
+from bulkgen.db.idempotency import IdempotencyKey, idempotency_key_claim
 from bulkgen.db.pool import translate_errors
 from bulkgen.models import JobStatus
 from bulkgen.pricing import PriceTable
@@ -121,14 +122,23 @@ class Store:
         template_version: str,
         inputs: Sequence[dict[str, Any]],
         budget_usd: Decimal | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> uuid.UUID:
-        """Insert a batch and all its jobs atomically: all of them or none."""
+        """Insert a batch and all its jobs atomically: all of them or none.
+
+        With an idempotency key already used by an identical request, nothing is written
+        and that request's batch id is returned (see :mod:`bulkgen.db.idempotency`).
+        """
         batch_id = uuid.uuid4()
         async with (
             translate_errors("enqueuing the batch"),
             self.pool.acquire() as conn,
             conn.transaction(),
         ):
+            if idempotency is not None:
+                earlier = await idempotency_key_claim(conn, account_id, idempotency, batch_id)
+                if earlier is not None:
+                    return earlier
             await conn.execute(
                 q.BATCH_INSERT,
                 batch_id,

@@ -1,0 +1,59 @@
+"""What every route depends on: the process's services, and the account calling.
+
+Every ``/v1`` route takes :data:`CallerDep`, so no route can be reached without a valid
+key. The key is read from ``Authorization: Bearer <key>``, hashed, looked up, and then
+dropped: it is never stored, logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bulkgen.accounts import Caller, authenticate
+from bulkgen.api.errors import ApiError
+from bulkgen.service import Services
+
+__all__ = ["CallerDep", "ServicesDep", "get_caller", "get_services"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `bulkgen accounts create NAME`, as `Bearer bgk_...`.",
+)
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_caller(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    if credentials is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "no API key: send it as the header `Authorization: Bearer <key>`",
+            headers=_CHALLENGE,
+        )
+    caller = await authenticate(services.store, credentials.credentials)
+    if caller is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the API key is not valid: it is wrong, or it was rotated or revoked",
+            headers=_CHALLENGE,
+        )
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

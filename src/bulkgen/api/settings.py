@@ -1,0 +1,31 @@
+"""The API's own limits, read from the environment once (``BULKGEN_API_*``), then frozen.
+
+They protect the server from what a tenant may send; the defaults fit the product's
+largest batch (10,000 keywords) with room to spare.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bulkgen.prompts import MAX_TEMPLATE_CHARS
+
+__all__ = ["ApiSettings"]
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BULKGEN_API_", frozen=True, extra="ignore")
+
+    # Whole request body, JSON or upload: larger ones get 413 before anything is parsed.
+    max_body_mb: float = Field(default=16.0, gt=0, le=1024)
+    # Items (rows) of one batch.
+    max_items: int = Field(default=10_000, ge=1, le=10_000)
+    # Text of one item: keyword, variable names and values together.
+    max_item_chars: int = Field(default=20_000, ge=1)
+    # A batch's prompt template, in characters.
+    max_template_chars: int = Field(default=20_000, ge=1, le=MAX_TEMPLATE_CHARS)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)

@@ -1,0 +1,97 @@
+"""What a batch has done so far: counts per status, tokens, cost, cache savings, errors.
+
+One computation for every face: ``bulkgen status`` prints it, the API's
+``GET /v1/batches/{id}`` returns it, so the two can never disagree about a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bulkgen.accounting import BatchUsage
+from bulkgen.db.store import BatchRecord, Store
+from bulkgen.models import JobStatus
+from bulkgen.pricing import PriceTable
+
+__all__ = [
+    "STATUSES",
+    "BatchStatus",
+    "ErrorKindCount",
+    "counts_by_status",
+    "is_finished",
+    "read_batch_status",
+]
+
+STATUSES = tuple(status.value for status in JobStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKindCount:
+    kind: str
+    jobs: int
+    example: str  # one of the messages, to show what went wrong
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    record: BatchRecord
+    counts: dict[str, int]  # every status of STATUSES, zero when none
+    prompt_tokens: int
+    completion_tokens: int
+    cached: int
+    usage: BatchUsage
+    errors: tuple[ErrorKindCount, ...]
+
+    @property
+    def finished(self) -> bool:
+        return is_finished(self.counts)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (money as strings), the shape ``bulkgen status --json`` prints."""
+        record = self.record
+        return {
+            "batch_id": str(record.id),
+            "account": record.account,
+            "total": record.total,
+            **self.counts,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached": self.cached,
+            **self.usage.as_dict(),
+            "budget_usd": None if record.budget_usd is None else str(record.budget_usd),
+            "errors": {e.kind: e.jobs for e in self.errors},
+        }
+
+
+def counts_by_status(jobs_by_status: Mapping[str, int]) -> dict[str, int]:
+    """Every name of :data:`STATUSES` with its jobs (zero when none)."""
+    by_status = dict.fromkeys(STATUSES, 0)
+    for status, jobs in jobs_by_status.items():
+        # Any other status is a running one: it counts with the jobs being generated.
+        by_status[status if status in by_status else "generating"] += jobs
+    return by_status
+
+
+def is_finished(counts: Mapping[str, int]) -> bool:
+    """No job left queued or running (``counts`` as :func:`counts_by_status` gives them)."""
+    return counts["queued"] + counts["generating"] == 0
+
+
+async def read_batch_status(
+    store: Store, record: BatchRecord, prices: PriceTable | None = None
+) -> BatchStatus:
+    """The status of a batch already read (and, for the API, already scoped to its account)."""
+    counts = await store.batch_counts(record.id)
+    errors = await store.batch_errors(record.id)
+    usage = await store.batch_usage(record.id, prices)
+    return BatchStatus(
+        record=record,
+        counts=counts_by_status({c.status: c.jobs for c in counts}),
+        prompt_tokens=sum(c.prompt_tokens for c in counts),
+        completion_tokens=sum(c.completion_tokens for c in counts),
+        cached=sum(c.cached for c in counts),
+        usage=usage,
+        errors=tuple(ErrorKindCount(kind, jobs, example) for kind, jobs, example in errors),
+    )

@@ -118,3 +118,27 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
     asyncio.run(_admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE}"'))
     yield _with_database(pg_admin_url, name)
     asyncio.run(_admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# ---------------------------------------------------------------- markers
+
+# A test that reaches a service through one of these fixtures must carry that service's
+# marker, so ``-m "not redis"`` and friends select what they say.
+SERVICE_FIXTURES = {
+    "redis": frozenset({"redis_url", "redis_client"}),
+    "postgres": frozenset({"database_url", "pg_admin_url"}),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a suite in which a service test lacks its marker: a missing marker
+    would otherwise only show the day someone deselects by it."""
+    missing = [
+        f"{item.nodeid} uses {sorted(uses)} without pytest.mark.{marker}"
+        for item in items
+        for marker, fixtures in SERVICE_FIXTURES.items()
+        if (uses := fixtures & set(getattr(item, "fixturenames", ())))
+        and item.get_closest_marker(marker) is None
+    ]
+    if missing:
+        raise pytest.UsageError("service tests without their marker:\n" + "\n".join(missing))

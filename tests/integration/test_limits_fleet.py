@@ -21,6 +21,8 @@ from bulkgen.limits import GovernorConfig, LimitKey, PolicyConfig, build_governo
 from bulkgen.models import Completion, Usage
 from bulkgen.settings import Settings
 
+pytestmark = pytest.mark.redis
+
 KEY = LimitKey("http://127.0.0.1:9/v1", "fleet", "gpt-fleet")
 HERE = Path(__file__).resolve()
 

@@ -18,6 +18,8 @@ from bulkgen.metrics import Metrics
 from bulkgen.models import Completion, Usage
 from bulkgen.settings import Settings
 
+pytestmark = pytest.mark.redis
+
 KEY = LimitKey("http://127.0.0.1:9/v1", "redis", "gpt-redis")
 
 

@@ -111,13 +111,23 @@ def pg_admin_url() -> Iterator[str]:
     asyncio.run(_admin_execute(url, f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)'))
 
 
-@pytest.fixture
-def database_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, migrated database of its own for one test (copied from the template)."""
+def _database_copy(pg_admin_url: str) -> Iterator[str]:
     name = f"bulkgen_t_{os.getpid()}_{next(_counter)}"
     asyncio.run(_admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE}"'))
     yield _with_database(pg_admin_url, name)
     asyncio.run(_admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test (copied from the template)."""
+    yield from _database_copy(pg_admin_url)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(pg_admin_url: str) -> Iterator[str]:
+    """One migrated database shared by a module's tests: only for tests that write nothing."""
+    yield from _database_copy(pg_admin_url)
 
 
 # ---------------------------------------------------------------- markers
@@ -126,7 +136,7 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 # marker, so ``-m "not redis"`` and friends select what they say.
 SERVICE_FIXTURES = {
     "redis": frozenset({"redis_url", "redis_client"}),
-    "postgres": frozenset({"database_url", "pg_admin_url"}),
+    "postgres": frozenset({"database_url", "module_database_url", "pg_admin_url"}),
 }
 
 

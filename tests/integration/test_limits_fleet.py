@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -226,7 +227,8 @@ async def test_a_crashed_holders_lease_expires(
     await _ready([holder], b"HELD")
     holder.send_signal(signal.SIGKILL)
     await holder.wait()
-    [(_, expiry_ms)] = await redis_client.zrange(redis_keys(KEY).leases, 0, -1, withscores=True)
+    leases = await redis_client.zrange(redis_keys(KEY).leases, 0, -1, withscores=True)
+    [(_, expiry_ms)] = cast(list[tuple[bytes, float]], leases)
     config = GovernorConfig(
         policy=PolicyConfig(rpm=60_000, max_concurrency=1), lease_ttl_s=lease_ttl_s
     )

@@ -104,6 +104,7 @@ async def test_outage_opens_the_breaker_and_the_batch_completes_after_it(
     # ``open_s`` is timed around both reads of the simulator's count, so it can only be
     # longer than the window counted; requests already sent when the circuit opened (one
     # per other slot) may still be counted in it on a busy machine.
+    assert settings.concurrency is not None
     in_flight = settings.concurrency - 1
     assert during <= math.ceil(open_s / COOLDOWN_S) + 1 + in_flight, (during, open_s)
     assert svc.governor.breaker_state(key) is BreakerState.CLOSED

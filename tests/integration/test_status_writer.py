@@ -60,7 +60,7 @@ async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Sto
         )
     finally:
         await writer.close()
-    assert results == [True, True, True, True, True]
+    assert list(results) == [True, True, True, True, True]
     rows = {r["id"]: r for r in await store.pool.fetch("SELECT * FROM jobs")}
     assert rows[nul]["status"] == "done" and rows[good]["status"] == "done"
     assert (rows[blank]["status"], rows[blank]["error_kind"]) == ("failed", "unstorable")
@@ -130,7 +130,7 @@ async def test_progress_bars_end_on_the_final_counts(store: Store) -> None:
 
     owner = uuid.uuid4()
     ids = await _claimed(store, owner, 3)
-    batch_id = (await store.pool.fetchrow("SELECT batch_id FROM jobs LIMIT 1"))["batch_id"]
+    batch_id = await store.pool.fetchval("SELECT batch_id FROM jobs LIMIT 1")
     out = io.StringIO()
     console = Console(file=out, width=100, force_terminal=False)
     async with batch_progress(store, batch_id, 3, console, interval_s=0.01):

@@ -9,8 +9,8 @@ The same limiter over real HTTP and the real clock is covered in
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
 
 import httpx
 import openai
@@ -43,11 +43,16 @@ class Sim:
         self.app = SimulatorApp(config, clock=self.clock)
         transport = httpx.ASGITransport(app=self.app)
         self.http = httpx.AsyncClient(transport=transport, base_url="http://sim.test")
+        # The SDK accepts an httpx.AsyncClient at run time; its annotation names its own
+        # client type, hence the cast (as in the provider).
         self.client = openai.AsyncOpenAI(
-            base_url="http://sim.test/v1", api_key="k", max_retries=0, http_client=self.http
+            base_url="http://sim.test/v1",
+            api_key="k",
+            max_retries=0,
+            http_client=cast(Any, self.http),
         )
 
-    async def call(self) -> tuple[int, httpx.Headers]:
+    async def call(self) -> tuple[int, Mapping[str, str]]:
         """One request: (status, headers), never raising on a 429."""
         try:
             raw = await self.client.chat.completions.with_raw_response.create(

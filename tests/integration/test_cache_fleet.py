@@ -158,7 +158,7 @@ async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: aioredis.
     await asyncio.sleep(0.1)
     assert not task.done()
     await redis_client.delete(lock_key(KEY))
-    assert await asyncio.wait_for(task, 5) == (RESULT, "provider")
+    assert await asyncio.wait_for(task, 30) == (RESULT, "provider")
 
 
 CHILD = """

@@ -6,6 +6,7 @@ Run as a script, this file is the worker side: ``python test_limits_fleet.py MOD
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -233,14 +234,14 @@ async def test_a_crashed_holders_lease_expires(
         policy=PolicyConfig(rpm=60_000, max_concurrency=1), lease_ttl_s=lease_ttl_s
     )
     gov = _governor(redis_client, config, Metrics())
-    tried_ms = await _server_ms(redis_client)
-    assert tried_ms < expiry_ms, "the lease must still be live when the test tries"
-    with pytest.raises(TimeoutError):  # the dead process still holds the only lease...
+    # The dead process still holds the only lease: a try times out, or - only on a machine
+    # stalled past the expiry - is admitted after it. Either way, never before.
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(0.3), gov.slot(KEY, 10):
-            pass
-    async with asyncio.timeout(30), gov.slot(KEY, 10):  # ...until it expires
+            assert await _server_ms(redis_client) >= expiry_ms
+    async with asyncio.timeout(30), gov.slot(KEY, 10):  # ...and once it expired, it is free
         got_ms = await _server_ms(redis_client)
-    assert got_ms >= expiry_ms  # never before its expiry
+    assert got_ms >= expiry_ms
     await gov.aclose()
 
 

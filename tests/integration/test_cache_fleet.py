@@ -191,7 +191,10 @@ async def main(url, key):
     cache.get = counted_get
 
     await redis.rpush("test:ready", "ready")
-    await redis.blpop(["test:go"], timeout=10)
+    # Short blocking reads, looped: one long one would outlast the client's socket timeout.
+    for _ in range(60):
+        if await redis.blpop(["test:go"], timeout=1):
+            break
     result, source = await flight.run(key, produce)
     print(source, result.content, result.usage.completion_tokens)
     await redis.aclose()
@@ -209,11 +212,18 @@ async def test_across_processes_produce_is_called_once(
         )
         for _ in range(3)
     ]
-    async with asyncio.timeout(30):
-        for _ in children:
-            await redis_client.blpop(["test:ready"], timeout=0)
-        await redis_client.rpush("test:go", *["go"] * 3)
-        outputs = [(await child.communicate())[0].decode().split() for child in children]
+    try:
+        async with asyncio.timeout(60):
+            ready = 0
+            while ready < len(children):  # short blocking reads: see the child's
+                ready += bool(await redis_client.blpop(["test:ready"], timeout=1))
+            await redis_client.rpush("test:go", *["go"] * 3)
+            outputs = [(await child.communicate())[0].decode().split() for child in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
     assert [child.returncode for child in children] == [0, 0, 0]
     assert int(await redis_client.get("test:produced") or 0) == 1
     assert sorted(out[0] for out in outputs) == ["provider", "shared", "shared"]

@@ -38,8 +38,9 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bulkgen.cache import CachedResult, SingleFlight, Source
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.metrics import Metrics
+from bulkgen.options import BatchOptions
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess

@@ -26,7 +26,7 @@ import asyncpg
 from bulkgen.db import queries as q
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.metrics import Metrics
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
@@ -77,7 +77,7 @@ async def _timed_claim(pool: asyncpg.Pool, sql: str) -> float:  # type: ignore[t
 
 
 async def claim_latency(url: str, backlog: int, rounds: int = 40) -> dict[str, float]:
-    pool = await create_pool(url, max_size=2)
+    pool = await create_pool(url, max_size=2, min_size=1, command_timeout_s=60.0)
     try:
         await migrate(pool)
         await pool.execute(SEED, backlog - 50 * 20)
@@ -102,7 +102,7 @@ async def statements_per_job(url: str, jobs: int) -> dict[str, float]:
         svc = await open_services(settings, metrics=metrics)
         try:
             rows = [JobInput(f"keyword {i}", {}, {}) for i in range(jobs)]
-            await svc.submit(rows, BatchOptions(max_tokens=300), account="bench")
+            await svc.submit(rows, svc.batch_options(max_tokens=300), account="bench")
             started = time.perf_counter()
             await svc.worker(burst=True).run()
             wall_s = time.perf_counter() - started

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bulkgen.intake import BatchOptions, parse_csv
+from bulkgen.intake import parse_csv
 from bulkgen.metrics import Metrics
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
@@ -83,7 +83,7 @@ async def _run(jobs: int, repeat: int, url: str) -> dict[str, float]:
         records = [(batch, account_id, json.dumps(i)) for i in inputs]
 
         async def ours() -> None:
-            await svc.submit(rows, BatchOptions(), account="bench")
+            await svc.submit(rows, svc.batch_options(), account="bench")
 
         async def per_row() -> None:
             async with svc.store.pool.acquire() as conn, conn.transaction():

@@ -40,7 +40,8 @@ import redis.asyncio as aioredis
 
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
+from bulkgen.options import validate_options
 from bulkgen.prompts import PromptTemplate
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
@@ -93,7 +94,7 @@ def job_rows(jobs: int, tag: str) -> list[JobInput]:
 
 def messages_of(row: JobInput) -> list[dict[str, str]]:
     """The exact messages bulkgen sends for a row, so every client pays the same tokens."""
-    options = row.options(BatchOptions(model=MODEL))
+    options = row.options(validate_options({"model": MODEL}, Settings()))
     rendered = PromptTemplate.default().render(row.template_variables(options))
     return [{"role": role, "content": content} for role, content in rendered]
 
@@ -249,7 +250,7 @@ async def bulkgen_run(
     )  # fmt: skip
     svc = await open_services(settings)
     try:
-        batch_id = await svc.submit(rows, BatchOptions(model=MODEL), account="bench")
+        batch_id = await svc.submit(rows, svc.batch_options(model=MODEL), account="bench")
         stop = asyncio.Event()
         first = asyncio.create_task(first_request_epoch_s(base_url, stop))
         quiet = asyncio.subprocess.DEVNULL
@@ -316,7 +317,7 @@ async def with_database(admin_url: str, body: Any) -> Any:
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + name
     try:
-        pool = await create_pool(url, max_size=2)
+        pool = await create_pool(url, max_size=2, min_size=1, command_timeout_s=60.0)
         await migrate(pool)
         await pool.close()
         return await body(url)

@@ -92,7 +92,9 @@ async def _build_template(url: str) -> None:
     await _admin_execute(
         url, f'DROP DATABASE IF EXISTS "{_TEMPLATE}"', f'CREATE DATABASE "{_TEMPLATE}"'
     )
-    pool = await create_pool(_with_database(url, _TEMPLATE), max_size=2)
+    pool = await create_pool(
+        _with_database(url, _TEMPLATE), max_size=2, min_size=1, command_timeout_s=60.0
+    )
     try:
         await migrate(pool)
     finally:

@@ -1,5 +1,7 @@
 """bulkgen: bulk LLM generation that does not fall over."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from bulkgen.errors import (
     BulkgenError,
     ConfigError,
@@ -23,4 +25,7 @@ __all__ = [
     "Usage",
 ]
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("bulkgen")  # pyproject.toml's version is the only one
+except PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from bulkgen.models import Usage
+from bulkgen.models import JobStatus, Usage
 from bulkgen.pricing import PriceTable, default_price_table
 
 __all__ = ["BatchUsage", "BudgetSeed", "UsageLine", "summarize"]
@@ -84,7 +84,7 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
     table = prices or default_price_table()
     kept = tuple(lines)
     paid = [ln for ln in kept if not ln.cached]
-    hits = [ln for ln in kept if ln.cached and ln.status == "done"]
+    hits = [ln for ln in kept if ln.cached and ln.status == JobStatus.DONE]
 
     def cost(of: Iterable[UsageLine]) -> Decimal:
         return sum(
@@ -97,7 +97,7 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
         prompt_tokens=sum(ln.prompt_tokens for ln in paid),
         completion_tokens=sum(ln.completion_tokens for ln in paid),
         cost_usd=cost(paid),
-        failed_cost_usd=cost(ln for ln in paid if ln.status != "done"),
+        failed_cost_usd=cost(ln for ln in paid if ln.status != JobStatus.DONE),
         cache_hits=sum(ln.jobs for ln in hits),
         cached_prompt_tokens=sum(ln.prompt_tokens for ln in hits),
         cached_completion_tokens=sum(ln.completion_tokens for ln in hits),

@@ -72,8 +72,10 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "bulkgen:budget:"
 LEDGER_TTL_S = 7 * 24 * 3600
 REDIS_TIMEOUT_MS = 500
-# Calls in flight per process: the client's pool refuses (not queues) calls beyond its size
-# (100 by default), and a refused call would needlessly degrade the ledger.
+# Calls in flight per process. Past the Redis pool's size a call waits for a connection, and
+# that wait runs inside the guard's timeout: a burst of reservations would time out and
+# needlessly degrade the ledger. Waiting here costs no timeout and leaves connections free
+# for the cache and the limiter.
 REDIS_MAX_CALLS = 32
 _MAX_BATCHES_KNOWN = 10_000
 _NUSD_PER_USD = Decimal(1_000_000_000)
@@ -184,7 +186,7 @@ class MemoryLedger:
 class RedisLedger:
     """The fleet's ledger in Redis; an unreachable Redis falls back to a process ledger.
 
-    A reservation is settled where it was made (``backend`` on :class:`Reservation`), so
+    A reservation is settled where it was made (``book`` on :class:`Reservation`), so
     a Redis outage never leaves a reservation counted twice or not released.
     """
 
@@ -281,7 +283,7 @@ class BudgetLedger:
         load: BudgetLoader,
         *,
         prices: PriceTable | None = None,
-        wait_s: float = 30.0,
+        wait_s: float,
         poll_s: float = 0.02,
         max_poll_s: float = 0.25,
         metrics: Metrics = default_metrics,

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,21 +17,43 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bulkgen import logs
+from bulkgen import __version__, logs
 from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
-from bulkgen.intake import load_file, validate_options
+from bulkgen.export import write_results
+from bulkgen.intake import MAX_BATCH_ROWS, load_file
+from bulkgen.models import JobStatus
+from bulkgen.options import BatchOptions, check_option, option_bounds, validate_options
 from bulkgen.progress import BatchCounts, batch_progress, wait_for_batch
 from bulkgen.service import Services, services
 from bulkgen.settings import Settings
 from bulkgen.simulator.cli import simulate
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+HELP = """\
+Generate one article per keyword, for batches of 50 to 10,000 keywords, through OpenAI or
+any OpenAI-compatible API: as fast as the provider's rate limits allow, and every job ends
+done with its content or failed with its reason, never silently empty.
+
+Start with `bulkgen demo`: a 200-article batch against the built-in simulator, nothing to
+set up. Then, with your own keywords:
+
+* `bulkgen submit keywords.csv`: enqueue a batch from a CSV or JSONL file, print its id
+* `bulkgen worker --burst`: run the queued jobs, then exit
+* `bulkgen status BATCH_ID`: progress, tokens, cost and errors
+* `bulkgen results BATCH_ID --out articles/`: export the articles
+
+Settings come from the environment: `DATABASE_URL`, `REDIS_URL`, `OPENAI_API_KEY`,
+`OPENAI_BASE_URL` and `BULKGEN_*` (such as `BULKGEN_MODEL`). With none set, bulkgen uses
+embedded PostgreSQL and the built-in simulator.
+"""
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=HELP, rich_markup_mode="markdown"
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
 app.add_typer(db_app, name="db")
-app.command("simulate", help="Serve the OpenAI-compatible simulator.")(simulate)
 
 console = Console()
 err = Console(stderr=True)
@@ -41,6 +63,25 @@ DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Embedded PostgreSQL data folder.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="End with a JSON summary line.")]
+BatchArg = Annotated[str, typer.Argument(help="The batch id that submit printed.")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"bulkgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -77,11 +118,15 @@ def _batch_id(text: str) -> uuid.UUID:
 
 @app.command()
 def demo(
-    jobs: Annotated[int, typer.Option(min=1, max=10_000, help="How many articles.")] = 200,
+    jobs: Annotated[int, typer.Option(min=1, max=MAX_BATCH_ROWS, help="How many articles.")] = 200,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a whole batch against the simulator, with progress bars and a summary."""
+    """Run a batch end to end on this machine, with live progress and a summary.
+
+    Uses the built-in simulator and (without DATABASE_URL) embedded PostgreSQL: nothing
+    to set up, nothing billed.
+    """
     logs.configure(logging.ERROR)
     settings = _settings(data_dir)
     report = _run(run_demo(settings, jobs=jobs, console=console, show=not as_json))
@@ -120,22 +165,58 @@ def db_prune(
     console.print(f"deleted {batches} batches ({jobs} jobs)")
 
 
+def _checked(name: str) -> Callable[[Any], Any]:
+    """A flag's callback that checks its value as the batch options declare it, so a bad
+    value is refused before anything runs, with the flag's name in the message."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            try:
+                check_option(name, value)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value  # as given: validate_options converts it ("none" -> no temperature)
+
+    return check
+
+
+def _option_flag(name: str, fleet_variable: str | None = None, **extra: Any) -> Any:
+    """A ``submit`` flag for a batch option, described and checked from its declaration:
+    what it is, its range, its default (``fleet_variable`` names the setting that holds
+    it), and a clear error naming the flag for a bad value."""
+    field = BatchOptions.model_fields[name]
+    text, _, note = (field.description or "").partition(";")
+    bounds = option_bounds(name)
+    if bounds is not None:
+        text += f" ({bounds[0]:,g} to {bounds[1]:,g})"
+    text += f";{note}" if note else ""
+    if fleet_variable is not None:
+        text += f" [default: ${fleet_variable} or {Settings.model_fields[name].default}]"
+    elif field.default is not None:
+        text += f" [default: {field.default}]"
+    return typer.Option(callback=_checked(name), help=text, show_default=False, **extra)
+
+
 @app.command()
 def submit(
     file: Annotated[Path, typer.Argument(help="CSV with a keyword column, or JSONL.")],
     account: Annotated[str, typer.Option(help="Account name.")] = "default",
-    model: Annotated[str | None, typer.Option(help="Model for every row.")] = None,
-    tone: Annotated[str | None, typer.Option()] = None,
-    language: Annotated[str | None, typer.Option()] = None,
-    target_words: Annotated[int | None, typer.Option(min=50, max=20_000)] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=16, max=200_000)] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+    model: Annotated[str | None, _option_flag("model", "BULKGEN_MODEL")] = None,
+    tone: Annotated[str | None, _option_flag("tone")] = None,
+    language: Annotated[str | None, _option_flag("language")] = None,
+    target_words: Annotated[int | None, _option_flag("target_words")] = None,
+    max_tokens: Annotated[int | None, _option_flag("max_tokens", "BULKGEN_MAX_TOKENS")] = None,
+    temperature: Annotated[str | None, _option_flag("temperature", metavar="NUMBER|none")] = None,
     template: Annotated[Path | None, typer.Option(help="A Jinja2 prompt template.")] = None,
     budget_usd: Annotated[str | None, typer.Option(help="Spending cap for the batch.")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Enqueue a batch; prints its id."""
+    """Enqueue a batch from a CSV or JSONL file and print its id; a worker runs it.
+
+    A column named like an option (model, tone, language, target_words, max_tokens,
+    temperature) overrides that option for its row.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", account):
         err.print("[bold red]error:[/] --account takes 1-64 letters, digits, '.', '_' or '-'")
         raise typer.Exit(2)
@@ -148,13 +229,14 @@ def submit(
         "temperature": temperature,
     }
     budget = _budget(budget_usd)
+    settings = _settings(data_dir)
 
     async def body() -> None:
         if template is not None:
             raw["template"] = _read_text(template, "template")
-        options = validate_options({k: v for k, v in raw.items() if v is not None})
+        options = validate_options({k: v for k, v in raw.items() if v is not None}, settings)
         rows = load_file(file)
-        async with services(_settings(data_dir), need_provider=False) as svc:
+        async with services(settings, need_provider=False) as svc:
             batch_id = await svc.submit(rows, options, account=account, budget_usd=budget)
             print(batch_id, flush=True)
             if wait:
@@ -187,7 +269,15 @@ def _budget(text: str | None) -> Decimal | None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(min=1, max=10_000)] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help="Jobs in flight at most [default: $BULKGEN_CONCURRENCY, else as the rate allows]",
+            show_default=False,
+        ),
+    ] = None,
     burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -202,7 +292,7 @@ def worker(
 
 
 @app.command()
-def cancel(batch: str, data_dir: DataDir = None) -> None:
+def cancel(batch: BatchArg, data_dir: DataDir = None) -> None:
     """Cancel a batch: queued jobs end at once, running ones end when their call returns."""
     batch_id = _batch_id(batch)
 
@@ -219,8 +309,8 @@ def cancel(batch: str, data_dir: DataDir = None) -> None:
 
 
 @app.command()
-def status(batch: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
-    """Counts, tokens and errors of a batch."""
+def status(batch: BatchArg, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Show a batch's progress: job counts, tokens, cost and errors."""
     batch_id = _batch_id(batch)
 
     async def body() -> None:
@@ -244,7 +334,7 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
         "batch_id": str(batch_id),
         "account": record.account,
         "total": record.total,
-        **{s: summary.get(s) for s in ("queued", "generating", "done", "failed", "cancelled")},
+        **{s.value: summary.get(s) for s in JobStatus},
         "prompt_tokens": sum(c.prompt_tokens for c in counts),
         "completion_tokens": sum(c.completion_tokens for c in counts),
         "cached": sum(c.cached for c in counts),
@@ -277,11 +367,11 @@ def _status_cell(key: str, value: object) -> str:
 
 @app.command()
 def results(
-    batch: str,
+    batch: BatchArg,
     out: Annotated[Path, typer.Option(help="A folder (one .md per article) or a .jsonl file.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Export a batch's articles."""
+    """Export a batch's articles: one Markdown file each, or every job as JSON lines."""
     batch_id = _batch_id(batch)
 
     async def body() -> int:
@@ -290,29 +380,13 @@ def results(
         ) as svc:
             if await svc.store.batch_get(batch_id) is None:
                 raise ConfigError(f"no batch {batch_id}")
-            rows = [row async for row in svc.store.results_iter(batch_id)]
-        return _write_results(rows, out)
+            return await write_results(svc.store.results_iter(batch_id), out)
 
     written = _run(body())
     console.print(f"wrote {written} articles to {out}")
 
 
-def _write_results(rows: list[dict[str, Any]], out: Path) -> int:
-    if out.suffix in (".jsonl", ".ndjson"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, default=str) + "\n")
-        return sum(1 for r in rows if r["status"] == "done")
-    out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for row in rows:
-        if row["status"] != "done":
-            continue
-        slug = re.sub(r"[^a-z0-9]+", "-", row["input"]["keyword"].lower()).strip("-")[:80]
-        (out / f"{row['id']}-{slug or 'article'}.md").write_text(row["content"], encoding="utf-8")
-        written += 1
-    return written
+app.command("simulate", help="Serve the OpenAI-compatible simulator on its own.")(simulate)
 
 
 def main() -> None:

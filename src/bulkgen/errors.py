@@ -1,9 +1,12 @@
 """The one exception tree of bulkgen.
 
 Everything bulkgen raises on purpose derives from :class:`BulkgenError`. Errors of the
-libraries underneath (asyncpg, redis, openai/httpx) are translated at one boundary each
-(``db/``, ``cache.py``/``limits/``, ``providers/``) with ``raise ... from exc``, so callers
-only ever catch our types::
+libraries underneath are translated at one boundary each, with ``raise ... from exc``:
+asyncpg's in ``db/pool.py`` (:class:`StorageError`), openai's and httpx's in
+``providers/openai_compat.py`` (:class:`ProviderError` subclasses), jinja2's in
+``prompts.py``. Redis errors never reach a caller: ``redis_guard.py`` turns each into a
+bypass (a cache miss, the in-process limiter or budget ledger). Callers only ever catch
+our types::
 
     BulkgenError
     ├── ConfigError                 invalid settings or options
@@ -19,7 +22,7 @@ only ever catch our types::
         ├── ProviderUnavailable     5xx
         ├── ProviderTimeout         no answer in time
         ├── ProviderConnectionError connection refused/reset
-        └── InvalidOutput           empty, whitespace-only, malformed or truncated output
+        └── InvalidOutput           empty, malformed, truncated, filtered or too short output
 
 ``ProviderError.kind`` is the short name stored in ``jobs.error_kind``.
 """

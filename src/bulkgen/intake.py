@@ -22,46 +22,28 @@ Conventions:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bulkgen.errors import ConfigError, InputError
-from bulkgen.prompts import PromptTemplate
+from bulkgen.errors import InputError
+from bulkgen.options import OVERRIDABLE_OPTIONS, BatchOptions, check_option
 
 __all__ = [
+    "MAX_BATCH_ROWS",
     "MAX_KEYWORD_CHARS",
-    "OVERRIDABLE_OPTIONS",
-    "BatchOptions",
     "JobInput",
     "load_file",
     "parse_csv",
     "parse_jsonl",
     "parse_rows",
-    "validate_options",
 ]
 
 MAX_KEYWORD_CHARS = 500
-MAX_TEXT_OPTION_CHARS = 200
-OVERRIDABLE_OPTIONS = ("model", "tone", "language", "target_words", "max_tokens", "temperature")
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """Options shared by every job of a batch (a row may override some of them)."""
-
-    model: str = "gpt-4o"
-    tone: str = "informative"
-    language: str = "English"
-    target_words: int = 800
-    max_tokens: int = 1500
-    temperature: float | None = 0.7
-    template: str | None = None  # template text; None = the default template
+MAX_BATCH_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -74,7 +56,7 @@ class JobInput:
 
     def options(self, base: BatchOptions) -> BatchOptions:
         """``base`` with this row's overrides applied (they were validated at intake)."""
-        return dataclasses.replace(base, **self.overrides) if self.overrides else base
+        return base.model_copy(update=self.overrides) if self.overrides else base
 
     def template_variables(self, options: BatchOptions) -> dict[str, object]:
         """What a prompt template sees: the row's variables plus keyword and options."""
@@ -85,95 +67,6 @@ class JobInput:
             "language": options.language,
             "target_words": options.target_words,
         }
-
-
-# Option values: one converter per option, shared by batch options and row overrides.
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be text, not {type(value).__name__}")
-    text = value.strip()
-    if not text:
-        raise ValueError("must not be empty")
-    if len(text) > MAX_TEXT_OPTION_CHARS:
-        raise ValueError(f"must be at most {MAX_TEXT_OPTION_CHARS} characters")
-    return text
-
-
-def _int_between(low: int, high: int) -> Callable[[object], int]:
-    def convert(value: object) -> int:
-        if isinstance(value, bool):
-            raise ValueError("must be a whole number, not a boolean")
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            number = int(value.strip())
-        else:
-            raise ValueError(f"must be a whole number, got {value!r}")
-        if not low <= number <= high:
-            raise ValueError(f"must be between {low} and {high}, got {number}")
-        return number
-
-    return convert
-
-
-def _temperature(value: object) -> float | None:
-    """0-2 (OpenAI's range); ``None``/"none"/"null" means "do not send a temperature"."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"must be a number, got {value!r}") from None
-    if not (math.isfinite(number) and 0.0 <= number <= 2.0):
-        raise ValueError(f"must be between 0 and 2, got {value!r}")
-    return number
-
-
-_CONVERTERS: dict[str, Callable[[object], object]] = {
-    "model": _text,
-    "tone": _text,
-    "language": _text,
-    "target_words": _int_between(1, 20_000),
-    "max_tokens": _int_between(1, 1_000_000),
-    "temperature": _temperature,
-}
-
-
-def validate_options(raw: Mapping[str, object]) -> BatchOptions:
-    """CLI/API options -> typed :class:`BatchOptions`, checked once at the edge.
-
-    Unknown names and bad values raise :class:`ConfigError` naming the option; a template
-    is compiled now so a syntax error is reported before the batch exists.
-    """
-    known = {f.name for f in dataclasses.fields(BatchOptions)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(unknown)}; known: {sorted(known)}")
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name == "template":
-            values[name] = _template(value)
-            continue
-        try:
-            values[name] = _CONVERTERS[name](value)
-        except ValueError as exc:
-            raise ConfigError(f"option {name!r} {exc}") from exc
-    return BatchOptions(**values)
-
-
-def _template(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError("option 'template' must be non-empty template text or None")
-    PromptTemplate.from_text(value)
-    return value
 
 
 # Rows.
@@ -222,7 +115,7 @@ def _job(fields: Mapping[str, object], row: int, line: int | None = None) -> Job
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty cell: this row keeps the batch's option
         try:
-            overrides[option] = _CONVERTERS[option](value)
+            overrides[option] = check_option(option, value)
         except ValueError as exc:
             raise InputError(f"{exc}{_at(line)}", row=row, field=option) from exc
     special = set(by_name.values())
@@ -257,7 +150,7 @@ def _decode(data: str | bytes) -> str:
 
 
 def parse_rows(
-    rows: Sequence[str | Mapping[str, object]], *, max_rows: int = 10_000
+    rows: Sequence[str | Mapping[str, object]], *, max_rows: int = MAX_BATCH_ROWS
 ) -> list[JobInput]:
     """A Python list: each item a keyword string or a mapping like a JSONL object."""
     _check_count(len(rows), max_rows)
@@ -272,7 +165,7 @@ def parse_rows(
     return _check_not_empty(jobs)
 
 
-def parse_jsonl(data: str | bytes, *, max_rows: int = 10_000) -> list[JobInput]:
+def parse_jsonl(data: str | bytes, *, max_rows: int = MAX_BATCH_ROWS) -> list[JobInput]:
     """One JSON object per line; blank lines are skipped and not counted as rows."""
     jobs: list[JobInput] = []
     # Split on "\n" only: JSON strings may hold U+2028 and friends, which splitlines() cuts.
@@ -324,7 +217,7 @@ def _csv_header(records: Iterable[tuple[int, list[str]]]) -> list[str]:
     return header
 
 
-def parse_csv(data: str | bytes, *, max_rows: int = 10_000) -> list[JobInput]:
+def parse_csv(data: str | bytes, *, max_rows: int = MAX_BATCH_ROWS) -> list[JobInput]:
     """CSV with a header row holding a ``keyword`` column (see the module docstring)."""
     records = iter(_csv_records(_decode(data)))
     header = _csv_header(records)
@@ -342,7 +235,7 @@ def parse_csv(data: str | bytes, *, max_rows: int = 10_000) -> list[JobInput]:
     return _check_not_empty(jobs)
 
 
-def load_file(path: Path, *, max_rows: int = 10_000) -> list[JobInput]:
+def load_file(path: Path, *, max_rows: int = MAX_BATCH_ROWS) -> list[JobInput]:
     """A batch file, by extension: ``.csv``, ``.jsonl`` or ``.ndjson``."""
     parsers = {".csv": parse_csv, ".jsonl": parse_jsonl, ".ndjson": parse_jsonl}
     parser = parsers.get(path.suffix.lower())

@@ -28,9 +28,26 @@ class EventFormatter(logging.Formatter):
         return line
 
 
+class DriverTracebackFilter(logging.Filter):
+    """The database driver logs a full traceback each time its pool fails to reconnect, once
+    a second for as long as the database is away. The stack says nothing an operator can act
+    on; the error does. Its records become one event line naming the driver's message and
+    the error, so an outage reads as a few lines, not pages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("asyncpg") and record.exc_info and record.exc_info[1]:
+            exc = record.exc_info[1]
+            record.__dict__["detail"] = record.getMessage()
+            record.__dict__["error"] = f"{type(exc).__name__}: {exc}"
+            record.msg, record.args = "db.driver_error", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(EventFormatter())
+    handler.addFilter(DriverTracebackFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

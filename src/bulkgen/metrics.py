@@ -1,8 +1,9 @@
 """In-process metrics: counters, gauges and timings, labelled, cheap to update.
 
-Every layer records what it did (``metrics.inc("limiter.admitted", model=...)``); the CLI
-summary and the API read a snapshot. Kept dependency-free on purpose; an exporter can sit
-on top of :meth:`Metrics.snapshot`.
+Every layer records what it did (``metrics.inc("limiter.admitted", model=...)``); the
+demo's summary, the benchmarks and the tests read the totals and gauges. No exporter ships
+with bulkgen; kept dependency-free on purpose, so one can sit on top of
+:meth:`Metrics.snapshot`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Metrics:
             return self.gauges.get((name, _labels(labels)))
 
     def snapshot(self) -> dict[str, float]:
-        """Flat ``name{k=v}`` -> value view, for summaries and the API."""
+        """Flat ``name{k=v}`` -> value view, for summaries and exporters."""
 
         def key(name: str, labels: Labels) -> str:
             if not labels:

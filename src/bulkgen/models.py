@@ -8,11 +8,16 @@ from typing import Any
 
 
 class JobStatus(enum.StrEnum):
-    """The seed's status names, kept: ``queued -> generating -> formatting -> done``."""
+    """A job's status, as stored in ``jobs.status`` (the schema's CHECK allows these only).
+
+    ``queued -> generating -> done``, or ``failed`` / ``cancelled``; a retry puts a job back
+    to ``queued`` with a later ``run_after``. A job is ``generating`` exactly while a worker
+    holds it (its ``lease_owner`` is set): formatting and validation happen inside that
+    step, so ``done`` is written once, with its result.
+    """
 
     QUEUED = "queued"
     GENERATING = "generating"
-    FORMATTING = "formatting"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"

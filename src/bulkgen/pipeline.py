@@ -1,9 +1,10 @@
-"""One job, start to finish, without a database connection:
-prompt -> cache -> single-flight -> limiter -> provider -> validate -> format -> outcome.
+"""One job, start to finish, without a database connection: prompt -> cache and
+single-flight -> limiter -> budget -> provider -> validate -> format -> outcome.
 
-The pipeline returns an outcome row (done, retry, failed) and never writes it: the worker
-hands it to the status writer, which writes many at once. Every error ends in a decision
-of the retry policy, so nothing can fall through to an empty ``done`` (the seed's bug).
+The pipeline returns an outcome row (done, retry, failed or cancelled) and never writes
+it: the worker hands it to the status writer, which writes many at once. Every error ends
+as a retry or a failure (most through the retry policy), and ``done`` is built only from
+content that passed validation, so no path leads to an empty ``done``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from bulkgen.errors import (
     StorageError,
 )
 from bulkgen.formatting import format_article, validate_completion
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.limits import LimitKey, RateGovernor
 from bulkgen.metrics import Metrics
-from bulkgen.models import ChatRequest, Completion, Usage
+from bulkgen.models import ChatRequest, Completion, JobStatus, Usage
+from bulkgen.options import BatchOptions
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import Provider
 from bulkgen.retry import RetryPolicy
@@ -143,7 +145,7 @@ class Pipeline:
                 result, source = await self._paid(job.batch_id, request, receipt), "provider"
             article = format_article(result.content, fallback_title=job.input["keyword"])
         except InputError as exc:
-            return FailedRow(job.id, "failed", 1, "invalid_input", str(exc))
+            return FailedRow(job.id, JobStatus.FAILED, 1, "invalid_input", str(exc))
         except BudgetExceeded as exc:
             return self._over_budget(job, exc)
         except BudgetContended as exc:  # the rest of the cap is held by calls in flight
@@ -224,7 +226,9 @@ class Pipeline:
         """Not sent, so no attempt is burnt; ``cancelled`` says the job itself was fine."""
         self.metrics.inc("jobs.cancelled", error_kind="budget_exceeded")
         logger.warning("job.budget_exceeded", extra={"job_id": job.id, "error": str(exc)})
-        return FailedRow(job.id, "cancelled", 0, "budget_exceeded", f"BudgetExceeded: {exc}")
+        return FailedRow(
+            job.id, JobStatus.CANCELLED, 0, "budget_exceeded", f"BudgetExceeded: {exc}"
+        )
 
     def _on_error(self, job: ClaimedJob, exc: BulkgenError) -> Outcome:
         attempts = job.attempts + 1
@@ -247,7 +251,7 @@ class Pipeline:
                     "error": message,
                 },
             )
-            return FailedRow(job.id, "failed", burnt, decision.error_kind, message)
+            return FailedRow(job.id, JobStatus.FAILED, burnt, decision.error_kind, message)
         self.metrics.inc(
             "jobs.retried" if burnt else "jobs.snoozed", error_kind=decision.error_kind
         )

@@ -22,8 +22,9 @@ from rich.progress import (
 
 from bulkgen.db.store import StatusCount, Store
 from bulkgen.errors import StorageError
+from bulkgen.models import JobStatus
 
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BatchCounts:
 
     @property
     def running(self) -> int:
-        return self.get("generating") + self.get("formatting")
+        return self.get(JobStatus.GENERATING)
 
 
 def _new_progress(console: Console) -> Progress:
@@ -79,9 +80,11 @@ async def batch_progress(
         with contextlib.suppress(StorageError):  # a lost read only delays the bars
             counts = BatchCounts.of(total, await store.batch_counts(batch_id))
             rate = counts.finished / max(loop.time() - started, 1e-6)
-            progress.update(rows["done"], completed=counts.get("done"), rate=f"{rate:5.1f} jobs/s")
-            progress.update(rows["failed"], completed=counts.get("failed"))
-            progress.update(rows["queued"], completed=counts.get("queued"))
+            progress.update(
+                rows["done"], completed=counts.get(JobStatus.DONE), rate=f"{rate:5.1f} jobs/s"
+            )
+            progress.update(rows["failed"], completed=counts.get(JobStatus.FAILED))
+            progress.update(rows["queued"], completed=counts.get(JobStatus.QUEUED))
             progress.update(rows["running"], completed=counts.running)
 
     async def refresh() -> None:

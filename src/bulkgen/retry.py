@@ -1,7 +1,7 @@
 """What to do after a failed attempt: a pure policy, no clock, no I/O.
 
-The worker asks :meth:`RetryPolicy.decide` and acts on the returned
-:class:`RetryDecision`; nothing here sleeps or writes. The rules (DESIGN.md, "Retries"):
+The pipeline asks :meth:`RetryPolicy.decide` and turns the returned
+:class:`RetryDecision` into an outcome row; nothing here sleeps or writes. The rules:
 
 - ``RateLimited``: **snooze** (no attempt burnt) for the provider's ``retry_after_s``, or a
   jittered 1-5 s when it gave none, until the job's total rate-limit wait would pass

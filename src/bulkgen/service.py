@@ -1,8 +1,9 @@
-"""The one composition root: settings -> pool, store, Redis, cache, limiter, provider.
+"""The one composition root: settings -> pool, store, Redis, cache, limiter, budget ledger,
+price table, provider.
 
-Every face (CLI, API, tests, benchmarks) builds its parts here, so there is exactly one
-place that decides embedded vs. external PostgreSQL, in-process vs. Redis limits and
-cache, and simulator vs. real provider.
+The CLI, the demo, the tests and the benchmarks build their parts here, so there is exactly
+one place that decides embedded vs. external PostgreSQL, in-process vs. Redis limits,
+cache and budgets, and simulator vs. real provider.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -24,11 +25,12 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
 from bulkgen.errors import ConfigError
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import ChatRequest, Completion
+from bulkgen.options import BatchOptions, validate_options
 from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
@@ -71,20 +73,12 @@ class Services:
         )
 
     def worker(self, *, concurrency: int | None = None, burst: bool = False) -> Worker:
-        s = self.settings
-        config = WorkerConfig(
-            concurrency=concurrency or s.concurrency,
-            concurrency_auto_max=s.concurrency_auto_max,
-            lease_s=s.lease_s,
-            heartbeat_s=s.heartbeat_s,
-            poll_s=s.poll_s,
-            shutdown_grace_s=s.shutdown_grace_s,
-            status_flush_ms=s.status_flush_ms,
-            max_attempts=s.max_attempts,
-            burst=burst,
-            cache_scope=s.cache_scope,
-        )
+        config = worker_config(self.settings, concurrency=concurrency, burst=burst)
         return Worker(self.store, self.pipeline(), config, metrics=self.metrics)
+
+    def batch_options(self, **chosen: object) -> BatchOptions:
+        """Options for a batch submitted from code: ``chosen`` over the fleet's defaults."""
+        return validate_options(chosen, self.settings)
 
     async def submit(
         self,
@@ -101,9 +95,7 @@ class Services:
             else PromptTemplate.default()
         )
         account_id = await self.store.account_ensure(account)
-        stored_options: dict[str, Any] = {
-            k: v for k, v in asdict(options).items() if k != "template"
-        }
+        stored_options = options.model_dump(exclude={"template"})
         inputs = [
             {"keyword": r.keyword, "variables": r.variables, "overrides": r.overrides} for r in rows
         ]
@@ -118,6 +110,24 @@ class Services:
 
     async def aclose(self) -> None:
         await self._closers.aclose()
+
+
+def worker_config(
+    settings: Settings, *, concurrency: int | None = None, burst: bool = False
+) -> WorkerConfig:
+    """The worker's knobs from settings; ``concurrency`` (a command-line flag) wins."""
+    return WorkerConfig(
+        concurrency=concurrency or settings.concurrency,
+        concurrency_auto_max=settings.concurrency_auto_max,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        poll_s=settings.poll_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        status_flush_ms=settings.status_flush_ms,
+        max_attempts=settings.max_attempts,
+        cache_scope=settings.cache_scope,
+        burst=burst,
+    )
 
 
 class NoProvider:
@@ -154,8 +164,8 @@ async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Pro
 
 def _redis_client(settings: Settings) -> aioredis.Redis:
     """One bounded connection pool per process, like the database's: past
-    ``redis_pool_max`` callers wait for a free connection (bounded by the callers' own
-    timeouts) instead of failing, as redis-py's default pool does."""
+    ``redis_pool_max`` callers wait for a free connection (at most 2 s, and within their
+    own timeouts) instead of failing at once, as redis-py's default pool does."""
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url or "",
         max_connections=settings.redis_pool_max,

@@ -1,7 +1,8 @@
 """Configuration, read from the environment once, at the edge, then passed down frozen.
 
-The seed's names are kept (``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``,
-``OPENAI_BASE_URL``); everything else is ``BULKGEN_*`` with its unit in the name.
+The four service variables have their usual names, without a prefix (``DATABASE_URL``,
+``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``); everything else is ``BULKGEN_*``
+with its unit in the name.
 Embedded defaults make a fresh machine work: no ``DATABASE_URL`` starts embedded
 PostgreSQL, no ``REDIS_URL`` keeps cache and limiter in-process, no ``OPENAI_API_KEY``
 uses the built-in simulator.
@@ -15,6 +16,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bulkgen.options import MaxTokens, ModelName
+
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
@@ -27,7 +30,7 @@ class Settings(BaseSettings):
         env_prefix="BULKGEN_", frozen=True, extra="ignore", populate_by_name=True
     )
 
-    # Services (the seed's names, no prefix).
+    # Services (usual names, no prefix).
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
@@ -53,8 +56,10 @@ class Settings(BaseSettings):
     status_flush_ms: int = Field(default=100, ge=1)
 
     # Generation.
-    model: str = "gpt-4o"
-    max_tokens: int = Field(default=1500, ge=1)
+    # The fleet's default model and answer length, for batches submitted without them
+    # (typed and bounded as the batch options they become; see options.py).
+    model: ModelName = "gpt-4o"
+    max_tokens: MaxTokens = 1500
     max_attempts: int = Field(default=5, ge=1, le=100)
     min_words: int = Field(default=30, ge=0)
     provider_timeout_s: float = Field(default=120.0, gt=0)

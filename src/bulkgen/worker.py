@@ -6,7 +6,12 @@ and shuts down without losing anything.
   ``poll_s`` is the fallback (a lost notification costs latency, never a job).
 - **Lease**: one heartbeat row per worker (writes per worker, not per job). Every
   heartbeat also re-queues jobs of workers whose heartbeat went stale, so any worker can die
-  at any moment and its jobs come back.
+  at any moment and its jobs come back; a worker rescues only once its own heartbeat has
+  been healthy for a whole lease, so after a database outage the first worker back does
+  not take the others' live jobs before they could beat again.
+- **Unrun jobs**: every heartbeat compares the jobs the database says this worker runs
+  with the jobs it really runs; the difference (a claim that committed but whose answer
+  was lost) goes back to the queue without burning an attempt.
 - **Finish**: outcomes go through the batched status writer, fenced on this worker's id.
 - **Stop** (SIGINT/SIGTERM or ``stop()``): claim nothing more, give in-flight jobs
   ``shutdown_grace_s`` to finish, return the rest to the queue untouched.
@@ -22,15 +27,18 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
-from bulkgen.intake import validate_options
 from bulkgen.metrics import Metrics
+from bulkgen.models import JobStatus
+from bulkgen.options import stored_options
 from bulkgen.pipeline import BatchPlan, Pipeline
 from bulkgen.prompts import PromptTemplate
 
@@ -39,16 +47,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    concurrency: int | None = None  # None: follow the limiter (Little's law)
-    concurrency_auto_max: int = 1000
-    lease_s: float = 60.0
-    heartbeat_s: float = 10.0
-    poll_s: float = 2.0
-    shutdown_grace_s: float = 30.0
-    status_flush_ms: int = 100
-    max_attempts: int = 5
+    """The worker's knobs. Those a user can set come from :class:`~bulkgen.settings.Settings`
+    through ``service.worker_config`` and have no default here; only the run mode and a
+    tuning constant do."""
+
+    concurrency: int | None  # None: follow the limiter (Little's law)
+    concurrency_auto_max: int
+    lease_s: float
+    heartbeat_s: float
+    poll_s: float
+    shutdown_grace_s: float
+    status_flush_ms: int
+    max_attempts: int
+    cache_scope: Literal["account", "global"]
     burst: bool = False
-    cache_scope: Literal["account", "global"] = "account"
+    # Batch plans a worker keeps, the least recently used dropped first. A plan is one small
+    # row and a miss costs one read by primary key, so a few dozen cover the batches a worker
+    # interleaves while its memory stays flat however many batches it sees in its life.
+    plan_cache_size: int = 64
 
 
 class Worker:
@@ -62,9 +78,14 @@ class Worker:
         self.metrics = metrics
         self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
-        self._plans: dict[uuid.UUID, asyncio.Future[BatchPlan]] = {}
+        self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Held while claiming and while looking for unrun jobs, so a claim whose rows are
+        # on their way is never mistaken for one whose answer was lost.
+        self._claim_lock = asyncio.Lock()
+        self._healthy_since_s: float | None = None  # monotonic; None while beats fail
+        self._failing_since_s = 0.0
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs get the grace period."""
@@ -73,6 +94,7 @@ class Worker:
 
     async def run(self, *, install_signals: bool = False) -> None:
         await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
+        self._healthy_since_s = time.monotonic()
         self.writer.start()
         if install_signals:
             self._install_signals()
@@ -105,14 +127,7 @@ class Worker:
             free = self._capacity() - len(self._inflight)
             claimed: list[ClaimedJob] = []
             if free > 0 and self.pipeline.allows_claim():
-                try:
-                    claimed = await self.store.jobs_claim(self.id, free)
-                    self.metrics.inc("db.claim_statements")
-                except StorageError as exc:
-                    logger.warning("worker.claim_failed", extra={"error": str(exc)})
-                    self.metrics.inc("db.claim_failed")
-            for job in claimed:
-                await self._start(job)
+                claimed = await self._claim(free)
             if claimed and len(claimed) == free:
                 await self._wait(timeout_s=None)  # full: until a job ends or a stop
                 continue
@@ -126,6 +141,19 @@ class Worker:
             ):
                 return
             await self._wait(timeout_s=self.config.poll_s)
+
+    async def _claim(self, free: int) -> list[ClaimedJob]:
+        async with self._claim_lock:
+            try:
+                claimed = await self.store.jobs_claim(self.id, free)
+                self.metrics.inc("db.claim_statements")
+            except StorageError as exc:  # if it committed anyway, the heartbeat gives it back
+                logger.warning("worker.claim_failed", extra={"error": str(exc)})
+                self.metrics.inc("db.claim_failed")
+                return []
+            for job in claimed:
+                await self._start(job)
+        return claimed
 
     def _capacity(self) -> int:
         """A user-set cap wins; otherwise as many jobs as the limiter can keep busy, plus a
@@ -158,11 +186,17 @@ class Worker:
 
     async def _plan(self, batch_id: uuid.UUID) -> BatchPlan:
         """The batch's shared options and template, loaded once per worker (one in-flight
-        load per batch, however many of its jobs start at once)."""
+        load per batch, however many of its jobs start at once) and kept while the batch is
+        among the ``plan_cache_size`` most recently used; evicting one that is still loading
+        is harmless, its jobs hold the load they await."""
         loading = self._plans.get(batch_id)
         if loading is None:
             loading = asyncio.ensure_future(self._load_plan(batch_id))
             self._plans[batch_id] = loading
+            while len(self._plans) > self.config.plan_cache_size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(batch_id)
         try:
             return await asyncio.shield(loading)
         except BaseException:
@@ -176,7 +210,7 @@ class Worker:
             raise ConfigError(f"batch {batch_id} does not exist")
         return BatchPlan(
             account_id=batch.account_id,
-            options=validate_options(batch.options),
+            options=stored_options(batch.options),
             template=PromptTemplate.from_text(batch.template),
             cache_scope_mode=self.config.cache_scope,
         )
@@ -189,10 +223,12 @@ class Worker:
         except StorageError as exc:  # the batch could not be read: try again soon, no attempt
             outcome = RetryRow(job.id, 1.0, 0, 0, False, "storage", str(exc))
         except BulkgenError as exc:  # the stored batch itself is unusable
-            outcome = FailedRow(job.id, "failed", 0, "invalid_batch", str(exc))
+            outcome = FailedRow(job.id, JobStatus.FAILED, 0, "invalid_batch", str(exc))
         except Exception as exc:  # a bug must fail the job loudly, not strand it
             logger.exception("job.crashed", extra={"job_id": job.id})
-            outcome = FailedRow(job.id, "failed", 1, "internal", f"{type(exc).__name__}: {exc}")
+            outcome = FailedRow(
+                job.id, JobStatus.FAILED, 1, "internal", f"{type(exc).__name__}: {exc}"
+            )
         if not await self.writer.write(replace(outcome, claim=job.claims)):
             # Another worker took the job over after our lease lapsed; its result wins.
             self.metrics.inc("jobs.fenced_out")
@@ -215,17 +251,58 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
             try:
-                if not await self.store.worker_heartbeat(self.id):
-                    await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
-                rescued = await self.store.jobs_rescue(
-                    self.config.lease_s, self.config.max_attempts
-                )
-                if rescued:
-                    self.metrics.inc("jobs.rescued", rescued)
-                    logger.warning("worker.rescued", extra={"jobs": rescued})
-                    self._wake.set()
+                await self._beat()
+                await self._give_back_unrun()
+                await self._rescue()
             except StorageError as exc:
+                if self._healthy_since_s is not None:
+                    self._failing_since_s = time.monotonic()
+                self._healthy_since_s = None
                 logger.warning("worker.heartbeat_failed", extra={"error": str(exc)})
+
+    async def _beat(self) -> None:
+        if not await self.store.worker_heartbeat(self.id):
+            await self.store.worker_register(self.id, socket.gethostname(), os.getpid())
+        if self._healthy_since_s is None:
+            self._healthy_since_s = time.monotonic()
+            logger.warning(
+                "worker.heartbeat_recovered",
+                extra={"outage_s": round(self._healthy_since_s - self._failing_since_s, 1)},
+            )
+
+    async def _give_back_unrun(self) -> None:
+        """Jobs the database says this worker runs but it does not (a claim that committed
+        after its connection died) would stay ``generating`` for the worker's whole life:
+        they go back to the queue, in their place, without an attempt. Not while stopping:
+        the drain releases what it interrupts itself."""
+        if self._stopping.is_set():
+            return
+        async with self._claim_lock:
+            unrun = await self.store.jobs_of_owner(self.id) - {
+                job.id for job in self._inflight.values()
+            }
+            released = await self.store.jobs_release(self.id, sorted(unrun)) if unrun else 0
+        if released:
+            self.metrics.inc("jobs.unrun_released", released)
+            logger.warning("worker.unrun_released", extra={"jobs": released})
+            self._wake.set()
+
+    async def _rescue(self) -> None:
+        """Re-queue jobs of workers whose heartbeat went stale, but only once this worker's
+        own heartbeat has been healthy for a whole lease: right after an outage every
+        worker's beat is stale, including those still running their jobs."""
+        if self._healthy_since_s is None:
+            return
+        healthy_s = time.monotonic() - self._healthy_since_s
+        if healthy_s < self.config.lease_s:
+            return
+        rescued = await self.store.jobs_rescue(self.config.lease_s, self.config.max_attempts)
+        if rescued:
+            self.metrics.inc("jobs.rescued", rescued)
+            logger.warning(
+                "worker.rescued", extra={"jobs": rescued, "healthy_s": round(healthy_s, 3)}
+            )
+            self._wake.set()
 
     async def _listen(self) -> None:
         """LISTEN on one pooled connection; a hint only, polling covers its loss."""

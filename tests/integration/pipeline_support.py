@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.metrics import Metrics
 from bulkgen.service import Services, open_services
 from bulkgen.settings import Settings
@@ -42,7 +42,7 @@ async def start(settings: Settings) -> Services:
 
 async def submit(svc: Services, n: int, account: str = "acme", **options: Any) -> uuid.UUID:
     rows = [JobInput(f"keyword {i}", {}, {}) for i in range(n)]
-    return await svc.submit(rows, BatchOptions(**options), account=account)
+    return await svc.submit(rows, svc.batch_options(**options), account=account)
 
 
 async def statuses(svc: Services, batch_id: uuid.UUID) -> dict[str, int]:

@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from bulkgen.budget import KEY_PREFIX
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
+from bulkgen.options import BatchOptions
 from bulkgen.service import Services
 from bulkgen.simulator import SimConfig, running_simulator
 from bulkgen.simulator.control import sim_stats

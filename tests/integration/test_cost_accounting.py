@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 
 from bulkgen.cache import CachedResult
 from bulkgen.cache.result import encode
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
 from bulkgen.models import Usage
+from bulkgen.options import BatchOptions
 from bulkgen.pricing import default_price_table
 from bulkgen.service import Services
 from bulkgen.simulator import SimConfig, running_simulator
@@ -32,7 +33,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 # tested on its own in test_cache_outage.py).
 PATIENT_MS = 5_000
 QUICK_SIM = SimConfig(rpm=None, tpm=None, ttft_ms=2, tokens_per_s=0, seed=11)
-OPTIONS = BatchOptions(max_tokens=300, target_words=120)
+OPTIONS = BatchOptions(model="gpt-4o", max_tokens=300, target_words=120)
 
 
 def rows_with_duplicates(distinct: int, duplicates: int) -> list[JobInput]:

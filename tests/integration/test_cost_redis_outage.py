@@ -14,7 +14,8 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from bulkgen.intake import BatchOptions, JobInput
+from bulkgen.intake import JobInput
+from bulkgen.options import BatchOptions
 from bulkgen.service import Services
 from bulkgen.simulator import SimConfig, running_simulator
 
@@ -85,7 +86,7 @@ async def test_redis_killed_mid_batch(
         svc = await start(make_settings(database_url, base_url, redis_url=url))
         try:
             rows = [JobInput(f"outage keyword {i % (JOBS - 10)}", {}, {}) for i in range(JOBS)]
-            options = BatchOptions(max_tokens=300, target_words=120)
+            options = BatchOptions(model="gpt-4o", max_tokens=300, target_words=120)
             batch_id = await svc.submit(rows, options, budget_usd=budget_usd)
             worker = asyncio.create_task(svc.worker(burst=True, concurrency=8).run())
             await until_some_done(svc, batch_id, 20)

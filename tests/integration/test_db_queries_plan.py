@@ -59,7 +59,8 @@ def sample(type_name: str) -> object:
 
 @pytest.fixture
 async def pool(module_database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    pool = await create_pool(module_database_url, max_size=1)  # the app's codecs (jsonb)
+    # The app's own pool, so parameters are encoded by the app's codecs (jsonb).
+    pool = await create_pool(module_database_url, max_size=1, min_size=1, command_timeout_s=60.0)
     try:
         yield pool
     finally:

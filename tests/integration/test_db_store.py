@@ -14,13 +14,14 @@ from bulkgen.db.migrate import available_migrations, migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
 from bulkgen.errors import StorageError
+from bulkgen.models import JobStatus
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=5)
+    pool = await create_pool(database_url, max_size=5, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:
@@ -125,7 +126,7 @@ async def test_finishing_is_fenced_on_the_owner(store: Store) -> None:
     assert await store.jobs_finish_retry(owner, [retry]) == {jobs[1].id}
     again = await store.jobs_claim(owner, 2)
     assert [j.id for j in again] == [jobs[1].id] and again[0].attempts == 1
-    failed = FailedRow(jobs[1].id, "failed", 1, "server_error", "503 again")
+    failed = FailedRow(jobs[1].id, JobStatus.FAILED, 1, "server_error", "503 again")
     assert await store.jobs_finish_failed(owner, [failed]) == {jobs[1].id}
     row: Any = await store.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", jobs[1].id)
     assert (row["status"], row["attempts"], row["error_kind"]) == ("failed", 2, "server_error")
@@ -154,7 +155,9 @@ async def test_cancel_stops_queued_jobs_at_once(store: Store) -> None:
 
 async def test_unreachable_database_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="cannot connect"):
-        await create_pool("postgresql://postgres@127.0.0.1:1/none", max_size=2)
+        await create_pool(
+            "postgresql://postgres@127.0.0.1:1/none", max_size=2, min_size=1, command_timeout_s=5.0
+        )
 
 
 async def test_prune_removes_only_old_finished_batches(store: Store) -> None:
@@ -232,7 +235,7 @@ async def test_a_late_outcome_never_lands_on_a_newer_claim(store: Store) -> None
     assert second.claims == first.claims + 1
     # The first claim's outcome arrives again (an ambiguous commit retried): refused.
     assert await store.jobs_finish_retry(owner, [retry]) == set()
-    late = FailedRow(first.id, "failed", 1, "server_error", "503", claim=first.claims)
+    late = FailedRow(first.id, JobStatus.FAILED, 1, "server_error", "503", claim=first.claims)
     assert await store.jobs_finish_failed(owner, [late]) == set()
     stale_done = replace(_done(first.id), claim=first.claims)
     assert await store.jobs_finish_done(owner, [stale_done]) == set()

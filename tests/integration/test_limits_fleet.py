@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -94,8 +95,10 @@ async def _hammer(redis_url: str, rpm: int, duration_s: float) -> dict[str, floa
 async def _hold(redis_url: str, lease_ttl_s: float) -> None:
     """Take the only concurrency lease and never give it back (until killed)."""
     client = aioredis.Redis.from_url(redis_url)
-    config = GovernorConfig(
-        policy=PolicyConfig(rpm=60_000, max_concurrency=1), lease_ttl_s=lease_ttl_s
+    config = dataclasses.replace(
+        governor_config(Settings()),
+        policy=PolicyConfig(rpm=60_000, max_concurrency=1),
+        lease_ttl_s=lease_ttl_s,
     )
     gov = _governor(client, config, Metrics())
     async with gov.slot(KEY, 10):
@@ -149,7 +152,7 @@ async def test_three_processes_share_one_budget(
     the rate times the time plus one burst. Three processes each budgeting alone would
     admit three times that."""
     rpm, duration_s = 1200, 4.0
-    rate_per_s, burst_s = rpm / 60, GovernorConfig().burst_s
+    rate_per_s, burst_s = rpm / 60, governor_config(Settings()).burst_s
     procs = [await _spawn("hammer", redis_url, str(rpm), str(duration_s)) for _ in range(3)]
     await _ready(procs, b"READY")
     started_ms = await _server_ms(redis_client)  # before any admission
@@ -230,8 +233,10 @@ async def test_a_crashed_holders_lease_expires(
     await holder.wait()
     leases = await redis_client.zrange(redis_keys(KEY).leases, 0, -1, withscores=True)
     [(_, expiry_ms)] = cast(list[tuple[bytes, float]], leases)
-    config = GovernorConfig(
-        policy=PolicyConfig(rpm=60_000, max_concurrency=1), lease_ttl_s=lease_ttl_s
+    config = dataclasses.replace(
+        governor_config(Settings()),
+        policy=PolicyConfig(rpm=60_000, max_concurrency=1),
+        lease_ttl_s=lease_ttl_s,
     )
     gov = _governor(redis_client, config, Metrics())
     # The dead process still holds the only lease: a try times out, or - only on a machine

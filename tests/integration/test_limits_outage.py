@@ -15,6 +15,7 @@ promises, and what this test holds it to:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import uuid
@@ -69,8 +70,9 @@ async def _outage(svc: Services, sim: str, key: LimitKey, batch_id: uuid.UUID) -
 
 
 async def test_outage_opens_the_breaker_and_the_batch_completes_after_it(
-    database_url: str,
+    database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="bulkgen.limits.governor")
     config = SimConfig(rpm=None, tpm=None, ttft_ms=30.0, seed=4)
     async with running_simulator(config) as base_url:
         settings = make_settings(
@@ -108,3 +110,11 @@ async def test_outage_opens_the_breaker_and_the_batch_completes_after_it(
     in_flight = settings.concurrency - 1
     assert during <= math.ceil(open_s / COOLDOWN_S) + 1 + in_flight, (during, open_s)
     assert svc.governor.breaker_state(key) is BreakerState.CLOSED
+    # An operator sees the outage: the breaker opening, probing and closing, in that order.
+    events = [r.getMessage() for r in caplog.records if r.getMessage().startswith("breaker.")]
+    assert "breaker.opened" in events and "breaker.closed" in events, events
+    first_open, last_close = (
+        events.index("breaker.opened"),
+        max(i for i, event in enumerate(events) if event == "breaker.closed"),
+    )
+    assert "breaker.probing" in events[first_open:last_close], events

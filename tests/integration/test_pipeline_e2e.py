@@ -1,6 +1,7 @@
 """The durable pipeline end to end: real PostgreSQL, the simulator over real HTTP.
 
-Each test is one of the post-mortem's failures, shown not to happen.
+Each test drives one way a bulk run goes wrong (too many connections, a failing provider,
+no quota, empty answers, endless 429s) and checks how it ends: never as an empty ``done``.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ async def _done_count(database_url: str) -> int:
 async def test_provider_always_429_fails_as_rate_limited_never_empty_done(
     database_url: str,
 ) -> None:
-    """The seed's exact bug: exhausted 429 retries fell through to an empty `done`."""
+    """Exhausted 429 waits end `failed` with `rate_limited`, never as an empty `done`."""
     sim = SimConfig(rpm=None, tpm=None, faults={"429": 1.0}, fault_retry_after_ms=100, seed=6)
     async with running_simulator(sim) as base_url:
         settings = make_settings(database_url, base_url, rate_limit_max_wait_s=0.5)

@@ -12,13 +12,14 @@ from bulkgen.db.pool import create_pool
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.metrics import Metrics
+from bulkgen.models import JobStatus
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=4)
+    pool = await create_pool(database_url, max_size=4, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:
@@ -54,7 +55,7 @@ async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Sto
                 writer.write(_done(blank, " \n\t ")),  # the database refuses this one
                 writer.write(_done(good, "# Good\n\nplain words")),
                 writer.write(RetryRow(retry, 0.0, 1, 0, False, "server_error", "bad \x00 byte")),
-                writer.write(FailedRow(failed, "failed", 1, "rejected", "400 \ud800")),
+                writer.write(FailedRow(failed, JobStatus.FAILED, 1, "rejected", "400 \ud800")),
             ),
             timeout=10,
         )
@@ -101,7 +102,7 @@ async def test_outcomes_finishing_together_share_one_statement_per_kind(store: S
         elif i % 3 == 1:
             outcomes.append(RetryRow(job_id, 0.0, 1, 0, False, "server_error", "503"))
         else:
-            outcomes.append(FailedRow(job_id, "failed", 1, "rejected", "400"))
+            outcomes.append(FailedRow(job_id, JobStatus.FAILED, 1, "rejected", "400"))
     writer.start()
     try:
         results = await asyncio.wait_for(

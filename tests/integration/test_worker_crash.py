@@ -67,9 +67,7 @@ async def test_sigkilled_worker_jobs_are_finished_by_another(database_url: str) 
                 await asyncio.wait_for(victim.wait(), 10)
                 held = {
                     r["id"]
-                    for r in await conn.fetch(
-                        "SELECT id FROM jobs WHERE status IN ('generating', 'formatting')"
-                    )
+                    for r in await conn.fetch("SELECT id FROM jobs WHERE status = 'generating'")
                 }
                 done_by_victim = await _count_done(conn, batch_id)
             finally:

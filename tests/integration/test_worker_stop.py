@@ -11,7 +11,9 @@ from bulkgen.db.pool import create_pool
 from bulkgen.db.store import ClaimedJob, DoneRow, Store
 from bulkgen.metrics import Metrics
 from bulkgen.pipeline import BatchPlan
-from bulkgen.worker import Worker, WorkerConfig
+from bulkgen.service import worker_config
+from bulkgen.settings import Settings
+from bulkgen.worker import Worker
 
 pytestmark = pytest.mark.postgres
 
@@ -44,7 +46,7 @@ class StuckPipeline:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=4)
+    pool = await create_pool(database_url, max_size=4, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:
@@ -55,12 +57,12 @@ async def test_stop_while_full_returns_jobs_within_the_grace_period(store: Store
     account = await store.account_ensure("acme")
     batch_id = await store.batch_create(
         account_id=account,
-        options={"model": "gpt-4o"},
+        options={"model": "gpt-4o", "max_tokens": 1500},
         template="Write about {{ keyword }}.",
         template_version="v",
         inputs=[{"keyword": f"k{i}"} for i in range(6)],
     )
-    config = WorkerConfig(concurrency=2, shutdown_grace_s=0.5, poll_s=0.1)
+    config = worker_config(Settings(shutdown_grace_s=0.5, poll_s=0.1), concurrency=2)
     pipeline = StuckPipeline()
     worker = Worker(store, pipeline, config, metrics=Metrics())  # type: ignore[arg-type]
     running = asyncio.create_task(worker.run())

@@ -45,7 +45,8 @@ class SteppingClock:
 
 
 def ledger(loader: Loader, **kwargs: object) -> BudgetLedger:
-    return BudgetLedger(MemoryLedger(), loader, prices=PRICES, metrics=Metrics(), **kwargs)  # type: ignore[arg-type]
+    options = {"wait_s": 30.0, **kwargs}
+    return BudgetLedger(MemoryLedger(), loader, prices=PRICES, metrics=Metrics(), **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ async def test_expired_entries_are_evicted_before_live_ones() -> None:
 
 def test_max_entries_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        MemoryCache(max_entries=0)
+        MemoryCache(ttl_s=60, max_entries=0)
 
 
 async def test_null_cache_never_hits() -> None:

@@ -10,15 +10,18 @@ import pytest
 
 from bulkgen.errors import ConfigError, InputError
 from bulkgen.intake import (
-    BatchOptions,
     JobInput,
     load_file,
     parse_csv,
     parse_jsonl,
     parse_rows,
-    validate_options,
 )
+from bulkgen.options import BatchOptions, check_option, stored_options, validate_options
 from bulkgen.prompts import PromptTemplate
+from bulkgen.settings import Settings
+
+FLEET = Settings(model="gpt-4o", max_tokens=1500)
+BASE = BatchOptions(model="gpt-4o", max_tokens=1500)
 
 
 def input_error(call: Callable[..., object], *args: object, **kwargs: object) -> InputError:
@@ -45,9 +48,10 @@ def test_csv_keywords_variables_and_overrides() -> None:
             {"tone": "playful", "target_words": 1200, "temperature": 0.0},
         ),
     ]
-    base = BatchOptions()
-    assert jobs[0].options(base) is base
-    assert jobs[1].options(base) == BatchOptions(tone="playful", target_words=1200, temperature=0.0)
+    assert jobs[0].options(BASE) is BASE
+    assert jobs[1].options(BASE) == BatchOptions(
+        model="gpt-4o", max_tokens=1500, tone="playful", target_words=1200, temperature=0.0
+    )
 
 
 def test_csv_bytes_with_bom_and_crlf_and_quotes() -> None:
@@ -125,6 +129,10 @@ def test_csv_max_rows() -> None:
     [
         ("target_words", "many", "whole number"),
         ("target_words", "0", "between"),
+        ("target_words", "49", "between 50 and 20000"),
+        ("target_words", "20001", "between 50 and 20000"),
+        ("max_tokens", "15", "between 16 and 200000"),
+        ("max_tokens", "200001", "between 16 and 200000"),
         ("max_tokens", "1.5", "whole number"),
         ("temperature", "hot", "number"),
         ("temperature", "2.5", "between 0 and 2"),
@@ -142,7 +150,7 @@ def test_csv_override_columns_match_case_insensitively() -> None:
     (job,) = parse_csv("Keyword,Model,MAX_TOKENS,Temperature\ntea,gpt-4o-mini,3000,none\n")
     assert job.overrides == {"model": "gpt-4o-mini", "max_tokens": 3000, "temperature": None}
     assert job.variables == {}
-    assert job.options(BatchOptions()).temperature is None
+    assert job.options(BASE).temperature is None
 
 
 # JSONL
@@ -215,7 +223,7 @@ def test_rows_errors() -> None:
 
 def test_template_variables_merge_row_and_options() -> None:
     (job,) = parse_rows([{"keyword": "tea", "city": "Kyoto", "tone": "calm"}])
-    options = job.options(BatchOptions(language="Japanese"))
+    options = job.options(BASE.model_copy(update={"language": "Japanese"}))
     variables = job.template_variables(options)
     assert variables == {
         "city": "Kyoto",
@@ -255,23 +263,24 @@ def test_load_file_passes_max_rows(tmp_path: Path) -> None:
 
 def test_validate_options_types_values() -> None:
     options = validate_options(
-        {"model": " gpt-4o-mini ", "target_words": "600", "max_tokens": 900, "temperature": "0.2"}
+        {"model": " gpt-4o-mini ", "target_words": "600", "max_tokens": 900, "temperature": "0.2"},
+        FLEET,
     )
     assert options == BatchOptions(
         model="gpt-4o-mini", target_words=600, max_tokens=900, temperature=0.2
     )
-    assert validate_options({}) == BatchOptions()
-    assert validate_options({"temperature": None}).temperature is None
+    assert validate_options({}, FLEET) == BASE
+    assert validate_options({"temperature": None}, FLEET).temperature is None
 
 
 def test_validate_options_template_is_compiled() -> None:
     text = "Write about {{ keyword }}"
-    assert validate_options({"template": text}).template == text
-    assert validate_options({"template": None}).template is None
+    assert validate_options({"template": text}, FLEET).template == text
+    assert validate_options({"template": None}, FLEET).template is None
     with pytest.raises(ConfigError, match="line 1"):
-        validate_options({"template": "{{ keyword "})
+        validate_options({"template": "{{ keyword "}, FLEET)
     with pytest.raises(ConfigError):
-        validate_options({"template": "   "})
+        validate_options({"template": "   "}, FLEET)
 
 
 @pytest.mark.parametrize(
@@ -282,6 +291,9 @@ def test_validate_options_template_is_compiled() -> None:
         {"model": 5},
         {"tone": None},
         {"target_words": -1},
+        {"target_words": 49},
+        {"max_tokens": 15},
+        {"max_tokens": 200_001},
         {"target_words": True},
         {"max_tokens": "lots"},
         {"temperature": 3},
@@ -290,5 +302,56 @@ def test_validate_options_template_is_compiled() -> None:
 )
 def test_validate_options_refuses_bad_values(raw: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
-        validate_options(raw)
+        validate_options(raw, FLEET)
     assert next(iter(raw)) in str(info.value)
+
+
+def test_fleet_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BULKGEN_MODEL", "gpt-4.1-mini")
+    monkeypatch.setenv("BULKGEN_MAX_TOKENS", "900")
+    fleet = Settings()
+    chosen = validate_options({}, fleet)
+    assert (chosen.model, chosen.max_tokens) == ("gpt-4.1-mini", 900)
+    explicit = validate_options({"model": "gpt-4o", "max_tokens": 300}, fleet)
+    assert (explicit.model, explicit.max_tokens) == ("gpt-4o", 300)
+
+
+def test_fleet_defaults_are_bounded_like_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BULKGEN_MAX_TOKENS", "15")
+    with pytest.raises(ValueError, match="max_tokens"):
+        Settings()
+
+
+def test_row_overrides_and_batch_options_share_their_bounds() -> None:
+    """The same value is accepted (or refused) whichever way it comes in."""
+    for value in (49, 50, 20_000, 20_001):
+        try:
+            check_option("target_words", value)
+            row_ok = True
+        except ValueError:
+            row_ok = False
+        try:
+            validate_options({"target_words": value}, FLEET)
+            batch_ok = True
+        except ConfigError:
+            batch_ok = False
+        assert row_ok == batch_ok == (50 <= value <= 20_000)
+
+
+def test_the_schema_documents_the_bounds() -> None:
+    properties = BatchOptions.model_json_schema()["properties"]
+    assert (properties["target_words"]["minimum"], properties["target_words"]["maximum"]) == (
+        50,
+        20_000,
+    )
+    assert (properties["max_tokens"]["minimum"], properties["max_tokens"]["maximum"]) == (
+        16,
+        200_000,
+    )
+    assert set(BatchOptions.model_json_schema()["required"]) == {"model", "max_tokens"}
+
+
+def test_stored_options_take_no_fleet_default() -> None:
+    assert stored_options(BASE.model_dump()) == BASE
+    with pytest.raises(ConfigError, match="'max_tokens' is required"):
+        stored_options({"model": "gpt-4o"})

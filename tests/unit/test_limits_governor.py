@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -21,6 +22,7 @@ from bulkgen.limits import (
     RateGovernor,
     ReconcileMode,
     build_governor,
+    governor_config,
 )
 from bulkgen.metrics import Metrics
 from bulkgen.models import Completion, Usage
@@ -50,6 +52,11 @@ def completion(tokens: int = 100, headers: dict[str, str] | None = None) -> Comp
         headers=headers or {},
         latency_s=1.0,
     )
+
+
+def configured(**changes: object) -> GovernorConfig:
+    """The default governor config (from default settings) with ``changes``."""
+    return dataclasses.replace(governor_config(Settings()), **changes)  # type: ignore[arg-type]
 
 
 async def make(
@@ -90,7 +97,7 @@ def test_public_surface_is_pinned() -> None:
 async def test_steady_rate_through_the_governor() -> None:
     fake, metrics = FakeTime(), Metrics()
     exact = PolicyConfig(rpm=600, tpm=10_000_000, target_share=1.0)
-    gov = await make(fake, metrics, GovernorConfig(policy=exact))
+    gov = await make(fake, metrics, configured(policy=exact))
     start_s = fake.now_s
     for _ in range(70):
         async with gov.slot(KEY, 10) as slot:
@@ -189,7 +196,7 @@ async def test_reconcile_charges_usage_above_the_reservation(
     mode: ReconcileMode, expected_wait_s: float
 ) -> None:
     fake, metrics = FakeTime(), Metrics()
-    config = GovernorConfig(
+    config = configured(
         policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode
     )  # 100 tokens/s
     gov = await make(fake, metrics, config)
@@ -208,7 +215,7 @@ async def test_refund_only_in_full_mode(mode: ReconcileMode, expected_wait_s: fl
     gov = await make(
         fake,
         metrics,
-        GovernorConfig(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode),
+        configured(policy=PolicyConfig(tpm=6_000, target_share=1.0), reconcile=mode),
     )
     async with gov.slot(KEY, 600) as slot:  # TAT 6 s ahead
         await slot.record(completion(100))
@@ -265,7 +272,7 @@ async def test_lease_is_released_on_every_exit() -> None:
 
 async def test_a_shallow_provider_bucket_shrinks_the_burst() -> None:
     fake, metrics = FakeTime(), Metrics()
-    config = GovernorConfig(policy=PolicyConfig(target_share=1.0))  # auto: nothing configured
+    config = configured(policy=PolicyConfig(target_share=1.0))  # auto: nothing configured
     gov = await make(fake, metrics, config)
     headers = {  # 600 RPM in a 0.2 s bucket: 1 left, full again in 0.1 s
         "x-ratelimit-limit-requests": "600",

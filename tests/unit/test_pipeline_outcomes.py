@@ -11,10 +11,10 @@ from bulkgen.budget import BudgetLedger, MemoryLedger
 from bulkgen.cache import MemoryCache, SingleFlight
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow
 from bulkgen.errors import StorageError
-from bulkgen.intake import validate_options
 from bulkgen.limits import build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.models import ChatRequest, Completion, Usage
+from bulkgen.options import validate_options
 from bulkgen.pipeline import BatchPlan, Pipeline, PipelineConfig
 from bulkgen.prompts import PromptTemplate
 from bulkgen.retry import RetryPolicy
@@ -60,7 +60,7 @@ def _job(i: int, batch_id: uuid.UUID) -> ClaimedJob:
     return ClaimedJob(i, batch_id, 1, {"keyword": f"keyword {i}"}, 0, 0, False)
 
 
-PLAN = BatchPlan(1, validate_options({"model": "gpt-4o"}), PromptTemplate.default())
+PLAN = BatchPlan(1, validate_options({"model": "gpt-4o"}, Settings()), PromptTemplate.default())
 
 
 async def test_a_cap_held_by_a_call_in_flight_snoozes_instead_of_cancelling() -> None:

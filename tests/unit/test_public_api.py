@@ -25,5 +25,12 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     assert settings.db_pool_max == 20
     assert settings.max_attempts == 5
     assert settings.model == "gpt-4o"
+    assert settings.max_tokens == 1500
     assert settings.cache_ttl_s == 3600
     assert settings.concurrency is None  # auto: follows the limiter
+
+
+def test_version_is_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert bulkgen.__version__ == version("bulkgen")

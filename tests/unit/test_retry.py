@@ -96,7 +96,7 @@ def test_rate_limited_negative_hint_is_clamped() -> None:
 
 
 def test_repeated_snoozes_end_in_failure_not_in_success() -> None:
-    """The seed's bug: 429s until retries ran out, then an empty 'done'. Here: 'failed'."""
+    """429s until the wait budget runs out end in 'fail', never in an empty success."""
     p = policy(rate_limit_max_wait_s=30.0, seed=9)
     waited_s = 0.0
     for _ in range(1000):

@@ -1,9 +1,10 @@
 """Never pay twice: the result cache, its keys, and single-flight for requests in flight.
 
 Layout: ``keys`` (what makes two requests identical), ``result`` (what is stored and the
-:class:`ResultCache` protocol), ``memory`` / ``redis_cache`` (backends), ``guard`` (a
-slow or dead Redis degrades to misses, never to failed jobs), ``singleflight`` and
-``factory``. The names below are the public surface.
+:class:`ResultCache` protocol), ``memory`` / ``redis_cache`` (backends), ``singleflight``
+and ``factory``. Every Redis call goes through :mod:`bulkgen.redis_guard` (shared with the
+limiter and the budget ledger), so a slow or dead Redis degrades to misses, never to failed
+jobs. The names below are the public surface.
 """
 
 from bulkgen.cache.factory import build_cache

@@ -33,7 +33,7 @@ class MemoryCache:
 
     def __init__(
         self,
-        ttl_s: float = 3600.0,
+        ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 10_000,
         metrics: Metrics = default_metrics,

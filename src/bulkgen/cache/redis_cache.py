@@ -25,7 +25,7 @@ class RedisCache:
     def __init__(
         self,
         redis: Redis,
-        ttl_s: float = 3600.0,
+        ttl_s: float,
         timeout_ms: int = 50,
         metrics: Metrics = default_metrics,
         *,

@@ -1,8 +1,9 @@
 """The one bounded connection pool of a process.
 
-The seed opened a client per job and ran out of connections at 300 jobs. Here every
-process owns exactly one ``asyncpg`` pool whose ``max_size`` is a hard cap; callers wait for
-a free connection instead of opening one. Driver errors become :class:`StorageError` here.
+Every process owns exactly one ``asyncpg`` pool whose ``max_size`` (``BULKGEN_DB_POOL_MAX``)
+is a hard cap: callers wait for a free connection instead of opening one, so a batch of any
+size uses at most that many connections per process. Driver errors become
+:class:`StorageError` here, marked transient or not by their SQLSTATE class.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def create_pool(
-    dsn: str, *, max_size: int, min_size: int = 1, command_timeout_s: float = 30.0
+    dsn: str, *, max_size: int, min_size: int, command_timeout_s: float
 ) -> asyncpg.Pool[Any]:
     try:
         pool = await asyncpg.create_pool(

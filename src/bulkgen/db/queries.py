@@ -41,8 +41,8 @@ FROM jobs WHERE batch_id = $1
 GROUP BY status
 """
 
-# The post-mortem's silent failure, counted: done jobs without a non-empty result (the
-# schema makes this impossible; the demo shows the count to prove it).
+# Done jobs without a non-empty result. The schema refuses such a row (CHECK on results,
+# deferred trigger on jobs), so this is always 0; the demo prints it as evidence.
 BATCH_EMPTY_DONE = """
 SELECT count(*) FROM jobs j LEFT JOIN results r ON r.job_id = j.id
 WHERE j.batch_id = $1 AND j.status = 'done' AND (r.content IS NULL OR btrim(r.content) = '')
@@ -91,7 +91,7 @@ offer AS (
     JOIN accounts acc ON acc.id = a.account_id
     CROSS JOIN LATERAL (
         SELECT count(*)::int AS running FROM jobs x
-        WHERE x.account_id = a.account_id AND x.status IN ('generating', 'formatting')
+        WHERE x.account_id = a.account_id AND x.status = 'generating'
     ) r
 ),
 locked AS (
@@ -118,7 +118,7 @@ RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms
 
 JOBS_PENDING_COUNT = """
 SELECT count(*) FROM jobs
-WHERE status IN ('queued', 'generating', 'formatting')
+WHERE status IN ('queued', 'generating')
   AND ($1::uuid IS NULL OR batch_id = $1)
 """
 
@@ -132,8 +132,12 @@ WORKER_HEARTBEAT = "UPDATE workers SET heartbeat_at = now() WHERE id = $1 RETURN
 
 WORKER_DELETE = "DELETE FROM workers WHERE id = $1"
 
+# What the database says this worker runs; the worker compares it with what it really runs.
+JOBS_OF_OWNER = "SELECT id FROM jobs WHERE lease_owner = $1 AND status = 'generating'"
+
 # Jobs of workers whose heartbeat went stale (or that vanished) go back to the queue. The
 # interrupted attempt counts, so a job that kills every worker that takes it ends failed.
+# run_after is left alone: a rescued job keeps its place in its account's line.
 JOBS_RESCUE = """
 WITH stale AS (
     DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1) RETURNING id
@@ -142,28 +146,28 @@ UPDATE jobs j
 SET status = CASE WHEN j.attempts + 1 >= $2 THEN 'failed'
                   WHEN b.cancelled_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
     attempts = j.attempts + 1,
-    lease_owner = NULL, run_after = now(),
+    lease_owner = NULL,
     error_kind = CASE WHEN j.attempts + 1 < $2 AND b.cancelled_at IS NOT NULL
                       THEN b.cancel_reason ELSE 'lease_expired' END,
     error_message = 'the worker running this job stopped sending heartbeats',
     finished_at = CASE WHEN j.attempts + 1 >= $2 OR b.cancelled_at IS NOT NULL THEN now() END
 FROM batches b
-WHERE b.id = j.batch_id AND j.status IN ('generating', 'formatting')
+WHERE b.id = j.batch_id AND j.status = 'generating'
   AND (j.lease_owner IN (SELECT id FROM stale)
        OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.lease_owner))
 RETURNING j.id
 """
 
-# Shutdown: jobs this worker did not finish go back untouched (no attempt burnt), unless
-# their batch was cancelled meanwhile.
+# Shutdown, or jobs a worker owns but does not run (a claim whose answer was lost): they go
+# back untouched (no attempt burnt, same place in line), unless their batch was cancelled.
 JOBS_RELEASE = """
 UPDATE jobs j
 SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
     error_kind = CASE WHEN b.cancelled_at IS NULL THEN j.error_kind ELSE b.cancel_reason END,
     finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
-    lease_owner = NULL, run_after = now()
+    lease_owner = NULL
 FROM batches b
-WHERE b.id = j.batch_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+WHERE b.id = j.batch_id AND j.lease_owner = $1 AND j.status = 'generating'
   AND j.id = ANY($2::bigint[])
 RETURNING j.id
 """
@@ -185,7 +189,7 @@ fin AS (
         prompt_tokens = d.prompt_tokens, completion_tokens = d.completion_tokens,
         cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
     FROM d
-    WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+    WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
       AND (d.claim IS NULL OR j.claims = d.claim)
     RETURNING j.id
 )
@@ -211,7 +215,7 @@ FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::te
     AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message, claim),
     batches b
 WHERE j.id = d.job_id AND b.id = j.batch_id
-  AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+  AND j.lease_owner = $1 AND j.status = 'generating'
   AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
 """
@@ -226,7 +230,7 @@ FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int
             $9::int[])
     AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens,
          claim)
-WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'formatting')
+WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
   AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
 """
@@ -274,7 +278,7 @@ WITH old AS (
     WHERE b.created_at < now() - make_interval(days => $1)
       AND NOT EXISTS (
           SELECT 1 FROM jobs j
-          WHERE j.batch_id = b.id AND j.status IN ('queued', 'generating', 'formatting'))
+          WHERE j.batch_id = b.id AND j.status IN ('queued', 'generating'))
     ORDER BY b.created_at
     LIMIT $2
 ),

@@ -18,6 +18,7 @@ import asyncpg
 from bulkgen.accounting import BatchUsage, BudgetSeed, UsageLine, summarize
 from bulkgen.db import queries as q
 from bulkgen.db.pool import translate_errors
+from bulkgen.models import JobStatus
 from bulkgen.pricing import PriceTable
 
 
@@ -89,7 +90,7 @@ class RetryRow:
 @dataclass(frozen=True, slots=True)
 class FailedRow:
     job_id: int
-    status: str  # 'failed' or 'cancelled'
+    status: JobStatus  # FAILED or CANCELLED
     burnt: int
     error_kind: str
     error_message: str
@@ -191,6 +192,12 @@ class Store:
     async def worker_delete(self, worker_id: uuid.UUID) -> None:
         async with translate_errors("removing the worker"):
             await self.pool.execute(q.WORKER_DELETE, worker_id)
+
+    async def jobs_of_owner(self, worker_id: uuid.UUID) -> set[int]:
+        """The jobs the database says this worker is running."""
+        async with translate_errors("listing the worker's jobs"):
+            rows = await self.pool.fetch(q.JOBS_OF_OWNER, worker_id)
+        return {r["id"] for r in rows}
 
     async def jobs_rescue(self, lease_s: float, max_attempts: int) -> int:
         async with translate_errors("rescuing jobs of dead workers"):

@@ -1,10 +1,9 @@
 """Batched, coalesced status writes.
 
-The seed wrote every status change of every job as its own statement; at the next order of
-magnitude that is what melts the jobs table. Here a job costs two row writes (its claim and
-its finish) and far less than one statement: outcomes of all jobs finishing within
-``flush_ms`` are written together, one statement per kind (done, retry, failed). The
-intermediate ``formatting`` status is never written: it lives only in live progress.
+A job costs two writes to its ``jobs`` row (its claim and its finish) and far less than one
+statement: outcomes of all jobs finishing within ``flush_ms`` are written together, at most
+``max_rows`` at a time, one statement per kind (done, retry, failed). Nothing is written
+between the claim and the finish.
 
 A caller awaits its outcome's write, so a worker never reports a job finished that the
 database does not know about. If the database is away, outcomes wait in memory and the
@@ -25,6 +24,7 @@ from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
 from bulkgen.errors import StorageError
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.models import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class StatusWriter:
         store: Store,
         worker_id: uuid.UUID,
         *,
-        flush_ms: int = 100,
+        flush_ms: int,
         max_rows: int = 500,
         metrics: Metrics | None = None,
     ) -> None:
@@ -149,6 +149,6 @@ class StatusWriter:
                 if exc.transient:
                     raise
                 logger.error("job.outcome_refused", extra={"job_id": row.job_id, "error": str(exc)})
-                refused = FailedRow(row.job_id, "failed", 1, "unstorable", str(exc)[:500])
+                refused = FailedRow(row.job_id, JobStatus.FAILED, 1, "unstorable", str(exc)[:500])
                 written |= await self._store.jobs_finish_failed(self._worker_id, [refused])
         return written

@@ -68,13 +68,16 @@ class ReconcileMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GovernorConfig:
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    breaker_failures: int = 10
-    breaker_cooldown_s: float = 30.0
+    """The governor's knobs. Those a user can set come from :class:`Settings` through
+    :func:`governor_config` and have no default here; the rest are tuning constants."""
+
+    policy: PolicyConfig
+    breaker_failures: int
+    breaker_cooldown_s: float
+    lease_ttl_s: float  # > provider timeout: a live call never loses its lease
+    max_pause_s: float
     burst_s: float = 1.0  # at most this much of a minute's budget at once (see policy.py)
-    lease_ttl_s: float = 125.0  # > provider timeout: a live call never loses its lease
     default_pause_s: float = 1.0  # a 429 without any retry hint
-    max_pause_s: float = 600.0
     max_poll_s: float = 1.0  # look again at least this often while waiting
     reconcile: ReconcileMode = ReconcileMode.CHARGE
 
@@ -163,9 +166,19 @@ class RateGovernor:
         except RateLimited as exc:
             await self._on_rate_limited(key, state, exc)
             raise
-        except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError):
+        except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError) as exc:
+            was_closed = state.breaker.state is BreakerState.CLOSED
             state.breaker.record_failure(probe=probe)
             self._breaker_gauge(key, state)
+            if state.breaker.state is BreakerState.OPEN and (was_closed or probe):
+                logger.warning(
+                    "breaker.opened" if was_closed else "breaker.probe_failed",
+                    extra={
+                        "model": key.model,
+                        "cooldown_s": self.config.breaker_cooldown_s,
+                        "error": str(exc)[:200],
+                    },
+                )
             raise
         finally:
             if probe and not slot.recorded:
@@ -202,6 +215,8 @@ class RateGovernor:
                 if probe:
                     state.breaker.release_probe()
                 raise
+        if probe:
+            logger.info("breaker.probing", extra={"model": key.model})
         self._metrics.inc("limiter.admitted", model=key.model)
         self._metrics.observe("limiter.waited_s", self._clock() - started_s, model=key.model)
         return result, probe
@@ -261,6 +276,7 @@ class RateGovernor:
         state.breaker.record_success(probe=slot.probe)
         if slot.probe:
             self._breaker_gauge(key, state)
+            logger.info("breaker.closed", extra={"model": key.model})
 
     async def _reconcile(self, key: LimitKey, state: _KeyState, reserved: int, used: int) -> None:
         mode, tpm = self.config.reconcile, state.policy.limit_tpm()

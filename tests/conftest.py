@@ -113,10 +113,44 @@ def pg_admin_url() -> Iterator[str]:
     asyncio.run(_admin_execute(url, f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)'))
 
 
-@pytest.fixture
-def database_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, migrated database of its own for one test (copied from the template)."""
+def _database_copy(pg_admin_url: str) -> Iterator[str]:
     name = f"bulkgen_t_{os.getpid()}_{next(_counter)}"
     asyncio.run(_admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE}"'))
     yield _with_database(pg_admin_url, name)
     asyncio.run(_admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test (copied from the template)."""
+    yield from _database_copy(pg_admin_url)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(pg_admin_url: str) -> Iterator[str]:
+    """One migrated database shared by a module's tests: only for tests that write nothing."""
+    yield from _database_copy(pg_admin_url)
+
+
+# ---------------------------------------------------------------- markers
+
+# A test that reaches a service through one of these fixtures must carry that service's
+# marker, so ``-m "not redis"`` and friends select what they say.
+SERVICE_FIXTURES = {
+    "redis": frozenset({"redis_url", "redis_client"}),
+    "postgres": frozenset({"database_url", "module_database_url", "pg_admin_url"}),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a suite in which a service test lacks its marker: a missing marker
+    would otherwise only show the day someone deselects by it."""
+    missing = [
+        f"{item.nodeid} uses {sorted(uses)} without pytest.mark.{marker}"
+        for item in items
+        for marker, fixtures in SERVICE_FIXTURES.items()
+        if (uses := fixtures & set(getattr(item, "fixturenames", ())))
+        and item.get_closest_marker(marker) is None
+    ]
+    if missing:
+        raise pytest.UsageError("service tests without their marker:\n" + "\n".join(missing))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await create_pool(database_url, max_size=4)
+    pool = await create_pool(database_url, max_size=4, min_size=1, command_timeout_s=60.0)
     try:
         yield Store(pool)
     finally:

@@ -21,20 +21,47 @@ KEY = "bulkgen:gen:" + "ab" * 32
 RESULT = CachedResult("An article about tea.", Usage(10, 20), "gpt-4o", "stop")
 
 
-def make_flight(redis: aioredis.Redis, metrics: Metrics, *, wait_s: float = 5.0) -> SingleFlight:
-    cache = RedisCache(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
+class LookedUp(RedisCache):
+    """A Redis cache that counts lookups, so a producer can wait until every run in flight
+    has missed (instead of sleeping and hoping they have)."""
+
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+        super().__init__(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
+        self.lookups = 0
+        self._changed = asyncio.Event()
+
+    async def get(self, key: str) -> CachedResult | None:
+        found = await super().get(key)
+        self.lookups += 1
+        self._changed.set()
+        return found
+
+    async def until_looked_up(self, n: int) -> None:
+        async with asyncio.timeout(30):
+            while self.lookups < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def make_flight(
+    redis: aioredis.Redis, metrics: Metrics, *, wait_s: float = 5.0, cache: RedisCache | None = None
+) -> SingleFlight:
+    cache = cache or RedisCache(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
     return SingleFlight(cache, redis, lock_ttl_s=10, wait_s=wait_s, metrics=metrics)
 
 
 async def test_concurrent_runs_in_one_process_produce_once(redis_client: aioredis.Redis) -> None:
     metrics = Metrics()
-    flight = make_flight(redis_client, metrics)
+    cache = LookedUp(redis_client, metrics)
+    flight = make_flight(redis_client, metrics, cache=cache)
     calls = 0
 
     async def produce() -> CachedResult:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.1)
+        # Every run has missed and is in flight: 25 lookups, and the leader's second one
+        # once it holds the lock.
+        await cache.until_looked_up(26)
         return RESULT
 
     results = await asyncio.gather(*(flight.run(KEY, produce) for _ in range(25)))
@@ -49,13 +76,17 @@ async def test_two_flights_in_one_process_share_through_redis(
 ) -> None:
     """Separate SingleFlight objects only meet in Redis: the cross-process path, cheaply."""
     metrics = Metrics()
-    first, second = make_flight(redis_client, metrics), make_flight(redis_client, metrics)
+    cache = LookedUp(redis_client, metrics)
+    first = make_flight(redis_client, metrics, cache=cache)
+    second = make_flight(redis_client, metrics, cache=cache)
     calls = 0
 
     async def produce() -> CachedResult:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.2)
+        # The leader looked twice (before and after taking the lock); a third lookup is
+        # the second run's miss: it now waits on the lock.
+        await cache.until_looked_up(3)
         return RESULT
 
     results = await asyncio.gather(first.run(KEY, produce), second.run(KEY, produce))
@@ -107,9 +138,9 @@ async def test_stuck_lock_holder_bounds_the_wait(redis_client: aioredis.Redis) -
         return RESULT
 
     started = time.monotonic()
-    assert await flight.run(KEY, produce) == (RESULT, "provider")
-    waited_s = time.monotonic() - started
-    assert 0.3 <= waited_s < 3.0
+    # The lock is held for 60 s: returning within 30 means the wait was bounded.
+    assert await asyncio.wait_for(flight.run(KEY, produce), 30) == (RESULT, "provider")
+    assert time.monotonic() - started >= 0.3  # after waiting wait_s, not at once
     assert metrics.total("singleflight.wait_expired") == 1
     assert await redis_client.get(lock_key(KEY)) == b"someone-else"  # not ours to release
     assert await redis_client.get(KEY) is not None
@@ -127,7 +158,7 @@ async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: aioredis.
     await asyncio.sleep(0.1)
     assert not task.done()
     await redis_client.delete(lock_key(KEY))
-    assert await asyncio.wait_for(task, 5) == (RESULT, "provider")
+    assert await asyncio.wait_for(task, 30) == (RESULT, "provider")
 
 
 async def test_a_lock_lost_while_producing_is_left_to_its_new_owner(
@@ -150,7 +181,7 @@ async def test_a_lock_lost_while_producing_is_left_to_its_new_owner(
 
 
 CHILD = """
-import asyncio, sys
+import asyncio, os, sys
 import redis.asyncio as aioredis
 from bulkgen.cache import CachedResult, RedisCache, SingleFlight
 from bulkgen.metrics import Metrics
@@ -164,11 +195,25 @@ async def main(url, key):
 
     async def produce():
         await redis.incr("test:produced")
-        await asyncio.sleep(0.8)
+        # Until every child has looked in the cache and missed, so all are in flight.
+        while await redis.scard("test:looked") < 3:
+            await asyncio.sleep(0.01)
         return CachedResult("shared article", Usage(7, 9), "gpt-4o", "stop")
 
+    lookup = cache.get
+
+    async def counted_get(key):
+        found = await lookup(key)
+        await redis.sadd("test:looked", os.getpid())
+        return found
+
+    cache.get = counted_get
+
     await redis.rpush("test:ready", "ready")
-    await redis.blpop(["test:go"], timeout=10)
+    # Short blocking reads, looped: one long one would outlast the client's socket timeout.
+    for _ in range(60):
+        if await redis.blpop(["test:go"], timeout=1):
+            break
     result, source = await flight.run(key, produce)
     print(source, result.content, result.usage.completion_tokens)
     await redis.aclose()
@@ -186,11 +231,18 @@ async def test_across_processes_produce_is_called_once(
         )
         for _ in range(3)
     ]
-    async with asyncio.timeout(30):
-        for _ in children:
-            await redis_client.blpop(["test:ready"], timeout=0)
-        await redis_client.rpush("test:go", *["go"] * 3)
-        outputs = [(await child.communicate())[0].decode().split() for child in children]
+    try:
+        async with asyncio.timeout(60):
+            ready = 0
+            while ready < len(children):  # short blocking reads: see the child's
+                ready += bool(await redis_client.blpop(["test:ready"], timeout=1))
+            await redis_client.rpush("test:go", *["go"] * 3)
+            outputs = [(await child.communicate())[0].decode().split() for child in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
     assert [child.returncode for child in children] == [0, 0, 0]
     assert int(await redis_client.get("test:produced") or 0) == 1
     assert sorted(out[0] for out in outputs) == ["provider", "shared", "shared"]

@@ -103,9 +103,8 @@ async def test_redis_killed_mid_batch(
 
 
 async def until_some_done(svc: Services, batch_id: uuid.UUID, n: int) -> None:
-    for _ in range(400):
-        counts = await statuses(svc, batch_id)
-        if counts.get("done", 0) >= n:
+    for _ in range(3000):  # up to a minute: a bound for a hang, not a speed requirement
+        if (await statuses(svc, batch_id)).get("done", 0) >= n:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the batch did not start")

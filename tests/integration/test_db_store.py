@@ -242,4 +242,4 @@ async def test_a_late_outcome_never_lands_on_a_newer_claim(store: Store) -> None
     fresh = replace(_done(second.id), claim=second.claims)
     assert await store.jobs_finish_done(owner, [fresh]) == {second.id}
     row = await store.pool.fetchrow("SELECT status, attempts FROM jobs")
-    assert (row["status"], row["attempts"]) == ("done", 2)
+    assert row is not None and (row["status"], row["attempts"]) == ("done", 2)

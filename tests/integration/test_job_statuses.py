@@ -45,7 +45,7 @@ async def blank_database_url(pg_admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def _batch(conn: asyncpg.Connection | asyncpg.Pool) -> uuid.UUID:  # type: ignore[type-arg]
+async def _batch(conn: asyncpg.Connection | asyncpg.Pool) -> uuid.UUID:
     account_id = await conn.fetchval("INSERT INTO accounts (name) VALUES ('acme') RETURNING id")
     batch_id = uuid.uuid4()
     await conn.execute(

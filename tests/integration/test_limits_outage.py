@@ -53,13 +53,13 @@ async def _outage(svc: Services, sim: str, key: LimitKey, batch_id: uuid.UUID) -
     async def some_done() -> bool:
         return (await statuses(svc, batch_id)).get("done", 0) >= 5
 
-    await _until(some_done, 10.0)
+    await _until(some_done, 60.0)
     await sim_configure(sim, {"faults": {"503": 1.0}})
 
     async def breaker_open() -> bool:
         return svc.governor.breaker_state(key) is not BreakerState.CLOSED
 
-    await _until(breaker_open, 10.0)
+    await _until(breaker_open, 60.0)
     opened_s = time.monotonic()
     before = (await sim_stats(sim))["requests"]
     await asyncio.sleep(OUTAGE_S)
@@ -103,7 +103,12 @@ async def test_outage_opens_the_breaker_and_the_batch_completes_after_it(
     assert sum(r["attempts"] for r in rows) == JOBS + retried
     assert max(r["attempts"] for r in rows) < settings.max_attempts
     # Open: only probes reach the provider, at most one per cooldown (plus the one due now).
-    assert during <= math.ceil(open_s / COOLDOWN_S) + 1, (during, open_s)
+    # ``open_s`` is timed around both reads of the simulator's count, so it can only be
+    # longer than the window counted; requests already sent when the circuit opened (one
+    # per other slot) may still be counted in it on a busy machine.
+    assert settings.concurrency is not None
+    in_flight = settings.concurrency - 1
+    assert during <= math.ceil(open_s / COOLDOWN_S) + 1 + in_flight, (during, open_s)
     assert svc.governor.breaker_state(key) is BreakerState.CLOSED
     # An operator sees the outage: the breaker opening, probing and closing, in that order.
     events = [r.getMessage() for r in caplog.records if r.getMessage().startswith("breaker.")]

@@ -10,8 +10,9 @@ import pytest
 
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
-from bulkgen.db.writer import StatusWriter
+from bulkgen.db.writer import Outcome, StatusWriter
 from bulkgen.metrics import Metrics
+from bulkgen.models import JobStatus
 
 pytestmark = pytest.mark.postgres
 
@@ -54,13 +55,13 @@ async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Sto
                 writer.write(_done(blank, " \n\t ")),  # the database refuses this one
                 writer.write(_done(good, "# Good\n\nplain words")),
                 writer.write(RetryRow(retry, 0.0, 1, 0, False, "server_error", "bad \x00 byte")),
-                writer.write(FailedRow(failed, "failed", 1, "rejected", "400 \ud800")),
+                writer.write(FailedRow(failed, JobStatus.FAILED, 1, "rejected", "400 \ud800")),
             ),
             timeout=10,
         )
     finally:
         await writer.close()
-    assert results == [True, True, True, True, True]
+    assert list(results) == [True, True, True, True, True]
     rows = {r["id"]: r for r in await store.pool.fetch("SELECT * FROM jobs")}
     assert rows[nul]["status"] == "done" and rows[good]["status"] == "done"
     assert (rows[blank]["status"], rows[blank]["error_kind"]) == ("failed", "unstorable")
@@ -68,8 +69,57 @@ async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Sto
     assert rows[failed]["status"] == "failed"
     content = await store.pool.fetchval("SELECT content FROM results WHERE job_id = $1", nul)
     assert "\x00" not in content and "words" in content
-    # Batched: far fewer statements than outcomes would cost one by one, plus the fallback.
-    assert metrics.total("db.status_statements") <= 6
+
+
+async def _count_job_statements(store: Store) -> None:
+    """Count, in the database itself, every statement that updates ``jobs`` from now on.
+
+    A statement-level trigger fires once per statement however many rows it touches (none
+    included), so the count is what PostgreSQL executed, not what the writer says it did.
+    """
+    await store.pool.execute(
+        """
+        CREATE TABLE test_job_statements (n int NOT NULL);
+        CREATE FUNCTION test_job_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO test_job_statements VALUES (1); RETURN NULL; END $$;
+        CREATE TRIGGER test_job_statement AFTER UPDATE ON jobs
+            FOR EACH STATEMENT EXECUTE FUNCTION test_job_statement();
+        """
+    )
+
+
+async def test_outcomes_finishing_together_share_one_statement_per_kind(store: Store) -> None:
+    owner = uuid.uuid4()
+    n = 90  # the most one account may hold at once
+    ids = await _claimed(store, owner, n)
+    await _count_job_statements(store)
+    metrics = Metrics()
+    writer = StatusWriter(store, owner, flush_ms=50, max_rows=1000, metrics=metrics)
+    outcomes: list[Outcome] = []
+    for i, job_id in enumerate(ids):
+        if i % 3 == 0:
+            outcomes.append(_done(job_id, f"# T{i}\n\nwords"))
+        elif i % 3 == 1:
+            outcomes.append(RetryRow(job_id, 0.0, 1, 0, False, "server_error", "503"))
+        else:
+            outcomes.append(FailedRow(job_id, JobStatus.FAILED, 1, "rejected", "400"))
+    writer.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(writer.write(o) for o in outcomes)), timeout=30
+        )
+    finally:
+        await writer.close()
+    assert results == [True] * n
+    statuses = await store.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    assert {r["status"]: r["n"] for r in statuses} == {"done": 30, "queued": 30, "failed": 30}
+    statements = await store.pool.fetchval("SELECT count(*) FROM test_job_statements")
+    # Handed over in one go, the outcomes are written one statement per kind per flush: 3
+    # when one flush takes them all, at most a few flushes' worth if a timer fell between.
+    # Written one by one they would cost 90.
+    assert 3 <= statements <= 9, statements
+    assert metrics.total("db.status_statements") == statements
+    assert metrics.total("db.status_rows") == n
 
 
 async def test_progress_bars_end_on_the_final_counts(store: Store) -> None:
@@ -81,7 +131,7 @@ async def test_progress_bars_end_on_the_final_counts(store: Store) -> None:
 
     owner = uuid.uuid4()
     ids = await _claimed(store, owner, 3)
-    batch_id = (await store.pool.fetchrow("SELECT batch_id FROM jobs LIMIT 1"))["batch_id"]
+    batch_id = await store.pool.fetchval("SELECT batch_id FROM jobs LIMIT 1")
     out = io.StringIO()
     console = Console(file=out, width=100, force_terminal=False)
     async with batch_progress(store, batch_id, 3, console, interval_s=0.01):

@@ -80,6 +80,6 @@ async def test_rows_written_before_a_transient_error_are_not_counted_fenced_out(
     finally:
         await writer.close()
     assert await store.pool.fetchval("SELECT is_called FROM test_fault_fired")  # it fired
-    assert results == [True, True, True]
+    assert list(results) == [True, True, True]
     statuses = dict(await store.pool.fetch("SELECT id, status FROM jobs"))
     assert statuses == {first: "done", blank: "failed", last: "done"}

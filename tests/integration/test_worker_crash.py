@@ -33,7 +33,7 @@ def _worker_env(database_url: str, base_url: str) -> dict[str, str]:
     return env
 
 
-async def _count_done(conn: asyncpg.Connection, batch_id: object) -> int:  # type: ignore[type-arg]
+async def _count_done(conn: asyncpg.Connection, batch_id: object) -> int:
     count: int = await conn.fetchval(
         "SELECT count(*) FROM jobs WHERE batch_id = $1 AND status = 'done'", batch_id
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,7 +19,12 @@ pytestmark = pytest.mark.postgres
 
 
 class StuckPipeline:
-    """Stands in for provider calls or limiter waits that outlast the grace period."""
+    """Stands in for provider calls or limiter waits that never end by themselves."""
+
+    def __init__(self) -> None:
+        self.running: set[int] = set()
+        self.full = asyncio.Event()  # set once two calls are stuck
+        self.cancelled = 0
 
     def allows_claim(self) -> bool:
         return True
@@ -29,7 +33,14 @@ class StuckPipeline:
         return 1
 
     async def run(self, job: ClaimedJob, plan: BatchPlan) -> DoneRow:
-        await asyncio.sleep(30)
+        self.running.add(job.id)
+        if len(self.running) == 2:
+            self.full.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         raise AssertionError("never reached")
 
 
@@ -52,17 +63,15 @@ async def test_stop_while_full_returns_jobs_within_the_grace_period(store: Store
         inputs=[{"keyword": f"k{i}"} for i in range(6)],
     )
     config = worker_config(Settings(shutdown_grace_s=0.5, poll_s=0.1), concurrency=2)
-    worker = Worker(store, StuckPipeline(), config, metrics=Metrics())  # type: ignore[arg-type]
+    pipeline = StuckPipeline()
+    worker = Worker(store, pipeline, config, metrics=Metrics())  # type: ignore[arg-type]
     running = asyncio.create_task(worker.run())
-    for _ in range(100):
-        counts = {c.status: c.jobs for c in await store.batch_counts(batch_id)}
-        if counts.get("generating") == 2:
-            break
-        await asyncio.sleep(0.02)
-    started = time.monotonic()
+    await asyncio.wait_for(pipeline.full.wait(), 60)  # both slots busy before the stop
     worker.stop()
-    await asyncio.wait_for(running, 10)
-    assert time.monotonic() - started < 3.0  # the grace period, not the stuck calls
+    # The calls never end by themselves: the worker returning at all means it gave up on
+    # them once the grace period was over (the bound only keeps a hang from lasting).
+    await asyncio.wait_for(running, 30)
+    assert pipeline.cancelled == 2
     counts = {c.status: c.jobs for c in await store.batch_counts(batch_id)}
     assert counts == {"queued": 6}
     attempts = await store.pool.fetchval("SELECT max(attempts) FROM jobs")

@@ -25,15 +25,21 @@ from bulkgen.retry import RetryPolicy
 from bulkgen.settings import Settings
 
 
-class SlowProvider:
+class GatedProvider:
+    """Answers once ``release`` is set; ``entered`` tells that a call is in flight."""
+
     base_url = "http://provider.test/v1"
     api_key_id = "k"
 
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
 
     async def complete(self, request: ChatRequest) -> Completion:
-        await asyncio.sleep(self.delay_s)
+        self.calls += 1
+        self.entered.set()
+        await self.release.wait()
         return Completion("# T\n\n" + "word " * 50, Usage(10, 60), "stop", request.model)
 
     async def aclose(self) -> None:
@@ -54,12 +60,12 @@ async def renderer() -> AsyncIterator[TemplateRenderer]:
 
 
 async def _pipeline(
-    load: object, renderer: TemplateRenderer, *, delay_s: float, wait_s: float
+    load: object, provider: GatedProvider, renderer: TemplateRenderer, *, wait_s: float
 ) -> Pipeline:
     settings = Settings(database_url="postgresql://unused/x", redis_url=None, rpm=100_000)
     metrics = Metrics()
     return Pipeline(
-        provider=SlowProvider(delay_s),
+        provider=provider,
         governor=await build_governor(settings, None, metrics=metrics),
         singleflight=SingleFlight(MemoryCache(3600, metrics=metrics), None, metrics=metrics),
         retry=RetryPolicy.from_settings(settings),
@@ -77,34 +83,41 @@ def _job(i: int, batch_id: uuid.UUID) -> ClaimedJob:
 PLAN = BatchPlan(1, validate_options({"model": "gpt-4o"}, Settings()), PromptTemplate.default())
 
 
-async def test_a_cap_held_by_calls_in_flight_snoozes_instead_of_cancelling(
+async def test_a_cap_held_by_a_call_in_flight_snoozes_instead_of_cancelling(
     renderer: TemplateRenderer,
 ) -> None:
     async def seed(batch_id: uuid.UUID) -> BudgetSeed:
-        return BudgetSeed(Decimal("0.05"), Decimal(0))  # room for ~3 worst cases at once
+        return BudgetSeed(Decimal("0.02"), Decimal(0))  # one worst case at a time
 
-    pipeline = await _pipeline(seed, renderer, delay_s=0.3, wait_s=0.1)
+    provider = GatedProvider()
+    pipeline = await _pipeline(seed, provider, renderer, wait_s=0.05)
     batch_id = uuid.uuid4()
-    outcomes = await asyncio.gather(*(pipeline.run(_job(i, batch_id), PLAN) for i in range(10)))
-    kinds = {type(o).__name__ for o in outcomes}
-    assert kinds <= {"DoneRow", "RetryRow"}  # nobody cancelled while money was left
-    for outcome in outcomes:
-        if isinstance(outcome, RetryRow):
-            assert (outcome.error_kind, outcome.burnt) == ("budget_wait", 0)
-    assert any(isinstance(o, DoneRow) for o in outcomes)
+    holder = asyncio.ensure_future(pipeline.run(_job(1, batch_id), PLAN))
+    await provider.entered.wait()  # the first call holds the whole cap, in flight
+    async with asyncio.timeout(10):  # a second call let through would wait for the gate
+        outcome = await pipeline.run(_job(2, batch_id), PLAN)
+    provider.release.set()
+    held = await holder
+    assert isinstance(outcome, RetryRow)  # snoozed: not cancelled while money was left
+    assert (outcome.error_kind, outcome.burnt) == ("budget_wait", 0)
+    assert outcome.rate_limited_ms > 0  # counted against the bounded wait, not attempts
+    assert isinstance(held, DoneRow) and provider.calls == 1
 
 
 async def test_budget_waits_are_bounded_like_rate_limit_waits(renderer: TemplateRenderer) -> None:
     async def seed(batch_id: uuid.UUID) -> BudgetSeed:
         return BudgetSeed(Decimal("0.02"), Decimal(0))  # one worst case at a time
 
-    pipeline = await _pipeline(seed, renderer, delay_s=0.3, wait_s=0.05)
+    provider = GatedProvider()
+    pipeline = await _pipeline(seed, provider, renderer, wait_s=0.05)
     batch_id = uuid.uuid4()
     # This job already waited out almost the whole allowance (600 s by default).
     tired = ClaimedJob(2, batch_id, 1, {"keyword": "k"}, 0, 598_000, False)
     holder = asyncio.ensure_future(pipeline.run(_job(1, batch_id), PLAN))
-    await asyncio.sleep(0.05)  # let the first call take the budget
-    outcome = await pipeline.run(tired, PLAN)
+    await provider.entered.wait()  # the first call holds the budget
+    async with asyncio.timeout(10):
+        outcome = await pipeline.run(tired, PLAN)
+    provider.release.set()
     await holder
     assert isinstance(outcome, FailedRow)
     assert (outcome.status, outcome.error_kind, outcome.burnt) == (
@@ -118,7 +131,7 @@ async def test_a_database_blip_is_a_retry_without_an_attempt(renderer: TemplateR
     async def down(batch_id: uuid.UUID) -> BudgetSeed:
         raise StorageError("reading the batch budget failed: connection refused")
 
-    pipeline = await _pipeline(down, renderer, delay_s=0, wait_s=1)
+    pipeline = await _pipeline(down, GatedProvider(), renderer, wait_s=1)
     outcome = await pipeline.run(_job(1, uuid.uuid4()), PLAN)
     assert isinstance(outcome, RetryRow)
     assert (outcome.error_kind, outcome.burnt) == ("storage", 0)

@@ -6,9 +6,7 @@ is mapped onto bulkgen's error tree, not a fake of the SDK.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -356,39 +354,3 @@ async def test_connection_dropped_mid_body_is_connection_error() -> None:
 
     error = await call_error(handler)
     assert type(error) is ProviderConnectionError
-
-
-async def test_default_client_times_out_on_a_silent_local_server() -> None:
-    """The SDK's own client path (no injected transport), against a socket that never answers."""
-    release = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    p = OpenAICompatProvider(
-        f"http://127.0.0.1:{port}/v1", "k", timeout_s=0.3, connect_timeout_s=0.3
-    )
-    try:
-        with pytest.raises(ProviderTimeout):
-            await p.complete(REQUEST)
-    finally:
-        await p.aclose()
-        release.set()
-        server.close()
-        await server.wait_closed()
-
-
-async def test_default_client_refused_connection_is_connection_error() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    p = OpenAICompatProvider(f"http://127.0.0.1:{port}/v1", "k", timeout_s=2.0)
-    try:
-        with pytest.raises(ProviderConnectionError):
-            await p.complete(REQUEST)
-    finally:
-        await p.aclose()

@@ -21,7 +21,7 @@ def test_public_surface_is_pinned() -> None:
 
 
 def test_settings_defaults_match_the_documented_ones() -> None:
-    settings = bulkgen.Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = bulkgen.Settings(_env_file=None)
     assert settings.db_pool_max == 20
     assert settings.max_attempts == 5
     assert settings.model == "gpt-4o"

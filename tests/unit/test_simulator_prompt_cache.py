@@ -39,17 +39,24 @@ def test_the_least_recently_used_prefixes_are_forgotten() -> None:
     assert cache.serve("gpt-4o", TEMPLATE) == 0
 
 
+def _cached(usage: object) -> object:
+    assert isinstance(usage, dict)
+    details = usage["prompt_tokens_details"]
+    assert isinstance(details, dict)
+    return details["cached_tokens"]
+
+
 async def test_the_simulator_reports_cached_tokens_like_openai() -> None:
     from bulkgen.simulator import SimConfig, SimulatorApp
 
     app = SimulatorApp(SimConfig(rpm=None, tpm=None))
     usages = [await _usage(app, TEMPLATE + f"Keyword: {k}") for k in ("tea", "coffee")]
-    assert [u["prompt_tokens_details"]["cached_tokens"] for u in usages] == [0, 1408]
+    assert [_cached(u) for u in usages] == [0, 1408]
     assert app.stats.cached_tokens == 1408
     plain = SimulatorApp(SimConfig(rpm=None, tpm=None, prompt_cache=False))
     for keyword in ("tea", "coffee"):
         usage = await _usage(plain, TEMPLATE + f"Keyword: {keyword}")
-        assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+        assert _cached(usage) == 0
 
 
 async def _usage(app: object, prompt: str) -> dict[str, object]:

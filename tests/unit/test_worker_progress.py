@@ -5,17 +5,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+from typing import Any
 
 import pytest
 from rich.console import Console
 from rich.file_proxy import FileProxy
 
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow
+from bulkgen.models import JobStatus
 from bulkgen.worker import WorkerTally
 from bulkgen.worker_progress import ProgressSnapshot, RateWindow, _logs_through
 
 
-def snap(at_s: float, done: int = 0, **counts: int | None) -> ProgressSnapshot:
+def snap(at_s: float, done: int = 0, **counts: Any) -> ProgressSnapshot:
     base = ProgressSnapshot(at_s, done, 0, 0, 0, 0, 0, None)
     return dataclasses.replace(base, **counts)
 
@@ -30,8 +32,8 @@ def test_the_tally_counts_each_kind_of_outcome() -> None:
         done_row(1, cached=False),
         done_row(2, cached=True),
         RetryRow(3, 1.0, 1, 0, False, "server_error", "503"),
-        FailedRow(4, "failed", 1, "quota", "no money"),
-        FailedRow(5, "cancelled", 0, "budget_exceeded", "cap"),
+        FailedRow(4, JobStatus.FAILED, 1, "quota", "no money"),
+        FailedRow(5, JobStatus.CANCELLED, 0, "budget_exceeded", "cap"),
     ):
         tally.count(outcome)
     assert (tally.done, tally.cached, tally.retried) == (2, 1, 1)

@@ -17,6 +17,7 @@ from bulkgen.models import ChatRequest
 from bulkgen.providers import OpenAICompatProvider
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, running_simulator
+from bulkgen.simulator.control import sim_stats
 
 REQUESTS = 150
 
@@ -50,7 +51,13 @@ async def test_auto_mode_learns_a_shallow_bucket_and_avoids_429s() -> None:
         finally:
             await provider.aclose()
             await governor.aclose()
+        stats = await sim_stats(base_url)
     policy = governor.policy(key)
     assert policy.limit_rpm() == 6_000  # headers are per wall minute
     assert policy.learned_depth_s is not None and 0.08 <= policy.learned_depth_s <= 0.11
-    assert refused <= 2, f"{refused} of {REQUESTS} requests were answered 429"
+    assert policy.burst_s(1.0) < policy.learned_depth_s  # bursts stay within the bucket
+    # Counted by the simulator itself. On a quiet machine this is 0-3; a busy one delays
+    # some admitted requests into a bunch, so allow a few. Bursting past the learned depth
+    # (the regression) is answered 429 dozens of times in most runs.
+    assert stats["rate_limited"]["requests"] == refused
+    assert refused <= 10, f"{refused} of {REQUESTS} requests were answered 429"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,7 +64,9 @@ async def test_models_endpoint_lists_the_configured_models(sim_url: str) -> None
 
 
 async def test_rate_limit_429_parses_like_openai() -> None:
-    config = SimConfig(rpm=60, tpm=None, burst_s=1.0)  # a one-request bucket
+    # A one-request bucket refilled every 10 s: the second call is refused however slowly
+    # a busy machine gets to it.
+    config = SimConfig(rpm=6, tpm=None, burst_s=10.0)
     async with running_simulator(config) as base_url:
         await _create(base_url, max_tokens=50)
         with pytest.raises(openai.RateLimitError) as info:
@@ -77,12 +80,13 @@ async def test_rate_limit_429_parses_like_openai() -> None:
         "Rate limit reached for gpt-4o in organization org-sim on requests per min (RPM)"
         in (error.body["message"])
     )
-    assert "Limit 60, Used 60, Requested 1" in error.body["message"]
-    assert headers["retry-after"] == "1"
-    assert 900 <= int(headers["retry-after-ms"]) <= 1000
-    assert headers["x-ratelimit-limit-requests"] == "60"
+    assert "Limit 6, Used 6, Requested 1" in error.body["message"]
+    retry_after_ms = int(headers["retry-after-ms"])
+    assert 0 < retry_after_ms <= 10_000
+    assert headers["retry-after"] == str(math.ceil(retry_after_ms / 1000))  # whole seconds, up
+    assert headers["x-ratelimit-limit-requests"] == "6"
     assert headers["x-ratelimit-remaining-requests"] == "0"
-    assert headers["x-ratelimit-reset-requests"].endswith("ms")
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
 
 
 async def test_token_limit_429_names_tokens_and_the_request_cost() -> None:

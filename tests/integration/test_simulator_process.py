@@ -16,7 +16,9 @@ from bulkgen.simulator.server import _ManagedServer, uvicorn_config
 
 
 async def test_simulator_process_serves_its_config_and_stops_on_exit() -> None:
-    config = SimConfig(rpm=60, tpm=None, burst_s=1.0, api_key="sk-proc", faults={})
+    # A one-request bucket refilled every 10 s: the second call is refused however slowly
+    # a busy machine gets to it.
+    config = SimConfig(rpm=6, tpm=None, burst_s=10.0, api_key="sk-proc", faults={})
     async with SimulatorProcess(config) as sim:
         assert sim.base_url.startswith("http://127.0.0.1:")
         async with openai.AsyncOpenAI(
@@ -30,7 +32,7 @@ async def test_simulator_process_serves_its_config_and_stops_on_exit() -> None:
                 await client.chat.completions.create(
                     model="gpt-4o", messages=[{"role": "user", "content": "Keyword: kites"}]
                 )
-            assert info.value.response.headers["x-ratelimit-limit-requests"] == "60"
+            assert info.value.response.headers["x-ratelimit-limit-requests"] == "6"
         pid = sim.pid
         assert pid is not None
     assert sim.pid is None

@@ -10,7 +10,8 @@ unless the scenario killed it.
 - ``test_redis_restart``: Redis killed and restarted empty under three workers.
 - ``test_provider_outage``: every provider request fails for a while.
 - ``test_worker_signals``: a worker frozen past its lease, stopped, killed in a loop.
-- ``test_ambiguous_claim``: a claim committed whose answer never reaches the worker.
+- ``test_ambiguous_commit``: a claim, or a write of finished jobs, committed whose
+  answer never reaches the worker.
 
 To be added once the features they prove land:
 

@@ -147,12 +147,14 @@ def initdb(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o700)
     _own(data_dir, user)
     options = ["--auth=trust", "-U", "postgres", "--encoding=utf8", "--no-sync"]
-    subprocess.run(
+    done = subprocess.run(
         [str(_pg_bin() / "initdb"), "-D", str(data_dir), *options, "--no-instructions"],
-        check=True,
         capture_output=True,
+        text=True,
         user=user,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
 
 
 @dataclass

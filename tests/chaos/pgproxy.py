@@ -1,13 +1,15 @@
-"""A TCP proxy between workers and PostgreSQL that can lose the answer of a committed claim.
+"""A TCP proxy between workers and PostgreSQL that can lose the answer of a committed
+statement: a claim, or the write of finished jobs.
 
-It reads just enough of the PostgreSQL wire protocol to follow one thing: a ``Parse``
-whose query text carries the claim statement's marker names a prepared statement; a
-``Bind`` of that statement means a claim is on its way. The server's reply is then held
-back, message by message, until its ``ReadyForQuery``: by then the implicit transaction
-has committed (PostgreSQL commits at ``Sync``, before it says it is ready). When armed and
-the reply carries rows, the proxy drops both sides of the connection instead of
-forwarding it: the jobs are claimed in the database and the worker never learns which.
-That is the ambiguous failure of a real network, made to happen on demand.
+It reads just enough of the PostgreSQL wire protocol to follow one statement: a ``Parse``
+whose query text carries the statement's marker names a prepared statement; a ``Bind`` of
+that statement means one is on its way. From then on the proxy watches for the
+``ReadyForQuery`` that says the transaction is over (status idle): an implicit transaction
+ends at ``Sync``, an explicit one at ``COMMIT``, and PostgreSQL has committed by the time
+it says so. That last answer is held back and, when armed and the statement returned rows,
+never delivered: the proxy drops both sides of the connection instead. The change is in
+the database and the worker never learns it. That is the ambiguous failure
+of a real network, made to happen on demand.
 
 Workers must connect with ``sslmode=disable`` so every byte the server sends is a typed
 protocol message.
@@ -19,8 +21,10 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-# Text only the claim statement (``JOBS_CLAIM`` in bulkgen.db.queries) contains.
+# Text only one statement of bulkgen.db.queries contains: the claim (``JOBS_CLAIM``) and
+# the write of done jobs with their results (``JOBS_FINISH_DONE``).
 CLAIM_MARKER = b"claims = j.claims + 1"
+FINISH_DONE_MARKER = b"INSERT INTO results"
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
 
@@ -31,8 +35,8 @@ class _Link:
 
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
-    claim_statements: set[bytes] = field(default_factory=set)
-    claim_pending: bool = False
+    marked_statements: set[bytes] = field(default_factory=set)
+    pending: bool = False  # a marked statement's reply is on its way
     started: bool = False  # the untyped startup message has gone by
     from_client: bytearray = field(default_factory=bytearray)
     from_server: bytearray = field(default_factory=bytearray)
@@ -40,15 +44,16 @@ class _Link:
     held_rows: int = 0
 
 
-class ClaimDroppingProxy:
-    """Listens on a free loopback port and forwards to PostgreSQL on ``upstream_port``."""
+class AnswerDroppingProxy:
+    """Listens on a free loopback port and forwards to PostgreSQL on ``upstream_port``;
+    when armed, loses the answer of the statement whose text carries ``marker``."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
         self.upstream_port = upstream_port
+        self.marker = marker
         self.port = 0
         self.armed = 0
-        self.dropped_claims: list[int] = []  # rows in each claim answer that was dropped
-        self.claims_seen = 0
+        self.dropped: list[int] = []  # rows in each answer that was dropped
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -56,7 +61,7 @@ class ClaimDroppingProxy:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def arm(self, times: int = 1) -> None:
-        """Drop the next ``times`` claim answers that carry at least one job."""
+        """Drop the next ``times`` answers that carry at least one row."""
         self.armed += times
 
     async def start(self) -> None:
@@ -102,7 +107,7 @@ class ClaimDroppingProxy:
         while chunk := await reader.read(65536):
             link.from_client += chunk
             self._read_client_messages(link)
-            link.server.write(chunk)  # after reading it: a Bind marks the claim first
+            link.server.write(chunk)  # after reading it: a Bind marks the statement first
             await link.server.drain()
 
     def _read_client_messages(self, link: _Link) -> None:
@@ -128,15 +133,14 @@ class ClaimDroppingProxy:
             if kind == b"P":  # Parse: statement name, query text, ...
                 name, _, rest = body.partition(b"\0")
                 query = rest.partition(b"\0")[0]
-                if CLAIM_MARKER in query:
-                    link.claim_statements.add(name)
+                if self.marker in query:
+                    link.marked_statements.add(name)
                 else:
-                    link.claim_statements.discard(name)
+                    link.marked_statements.discard(name)
             elif kind == b"B":  # Bind: portal name, statement name, ...
                 statement = body.split(b"\0", 2)[1]
-                if statement in link.claim_statements:
-                    link.claim_pending = True
-                    self.claims_seen += 1
+                if statement in link.marked_statements:
+                    link.pending = True
 
     async def _pump_server(self, link: _Link, reader: asyncio.StreamReader) -> None:
         while chunk := await reader.read(65536):
@@ -145,8 +149,8 @@ class ClaimDroppingProxy:
                 return  # dropped on purpose
 
     async def _read_server_messages(self, link: _Link) -> bool:
-        """Forward whole messages; hold a claim's answer until ReadyForQuery. False once
-        the connection was dropped."""
+        """Forward whole messages; hold a marked statement's answer until ReadyForQuery.
+        False once the connection was dropped."""
         buf = link.from_server
         out = bytearray()
         while len(buf) >= 5:
@@ -155,22 +159,26 @@ class ClaimDroppingProxy:
                 break
             message = bytes(buf[: 1 + length])
             del buf[: 1 + length]
-            if not link.claim_pending:
+            if not link.pending:
                 out += message
                 continue
             link.held += message
             link.held_rows += message[0:1] == b"D"
             if message[0:1] != b"Z":
                 continue
+            if message[5:6] != b"I":  # still in a transaction: its COMMIT is yet to come
+                out += link.held
+                link.held.clear()
+                continue
             if self.armed and link.held_rows:
                 self.armed -= 1
-                self.dropped_claims.append(link.held_rows)
+                self.dropped.append(link.held_rows)
                 link.client.transport.abort()
                 link.server.transport.abort()
                 return False
             out += link.held
             link.held.clear()
-            link.held_rows, link.claim_pending = 0, False
+            link.held_rows, link.pending = 0, False
         if out:
             link.client.write(bytes(out))
             await link.client.drain()

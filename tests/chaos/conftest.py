@@ -3,6 +3,7 @@ way to enqueue a batch. Nothing here touches the machine's own services."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ async def postgres(pg_template: PostgresTemplate, tmp_path: Path) -> AsyncIterat
         yield server
     finally:
         server.kill_now()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

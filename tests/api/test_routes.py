@@ -218,6 +218,7 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.client.get("/healthz")).status_code == 200  # the process still answers
 
 
+@pytest.mark.redis
 async def test_readiness_checks_redis_when_configured(database_url: str, redis_url: str) -> None:
     services, client = await open_api(database_url, redis_url=redis_url)
     try:

@@ -17,9 +17,14 @@ import asyncpg
 
 from bulkgen.errors import StorageError
 
+# InternalClientError is not a bug of ours to surface: after a server shutdown asyncpg can
+# leave a pooled connection mid-protocol, and the next statement on it (or the reset when it
+# goes back to the pool) raises it; the pool then drops that connection. Left untranslated
+# it escaped every ``except StorageError`` and killed the worker.
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )

@@ -13,11 +13,8 @@ unless the scenario killed it.
 - ``test_ambiguous_commit``: a claim, or a write of finished jobs, committed whose
   answer never reaches the worker.
 
-To be added once the features they prove land:
-
-- a prompt template that stalls rendering (bounded rendering time and output size): the
-  other accounts' jobs are not delayed, rescued or paid twice, and its rows fail once as
-  ``invalid_input``;
-- a provider that echoes the API key in its error messages (key redaction): the key
-  appears nowhere in the workers' output, the rows or the exports.
+- ``test_hostile_tenant``: an account's prompt template that stalls rendering (its rows
+  fail once as ``invalid_input``; another account's jobs on the same workers are neither
+  rescued nor paid twice), and a provider that echoes the API key in its errors (the key is
+  nowhere in the workers' output, the rows, ``status`` or the results export).
 """

@@ -18,15 +18,14 @@ cache off, so both columns pay the same measuring cost.
         [--redis-url redis://127.0.0.1:6379/9]
 
 Creates and drops its own database; flushes the given Redis database before and after.
+Writes its result to ``bench/results/cache.json`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
 from bulkgen.simulator.control import sim_stats
+from record import Run, add_out_argument, postgres_version, redis_version
 
 SIM = SimConfig(rpm=None, tpm=None, ttft_ms=0, tokens_per_s=0, seed=5)
 OPTIONS = BatchOptions(model="gpt-4o", max_tokens=400, target_words=150)
@@ -189,6 +189,8 @@ def print_table(result: dict[str, Any]) -> None:
         "hit_ms_p99",
         "call_ms_p50",
         "call_ms_p99",
+        "cost_usd",
+        "saved_usd",
     )
     print(f"{'run':<16}" + "".join(f"{c:>15}" for c in cols))
     for run in ("cache_first_run", "cache_rerun", "cache_off"):
@@ -197,7 +199,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"added latency on a miss, p50: {first['added_ms_p50'] - off['added_ms_p50']:.3f} ms,"
         f" p99: {first['added_ms_p99'] - off['added_ms_p99']:.3f} ms (cache on minus off);"
-        f" median of the provider call it saves: {statistics.median([off['call_ms_p50']]):.3f} ms"
+        f" provider call p50 with the cache off: {off['call_ms_p50']:.3f} ms"
     )
 
 
@@ -208,6 +210,13 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
-    result = asyncio.run(main(parser.parse_args()))
+    add_out_argument(parser, "cache")
+    args = parser.parse_args()
+    run = Run("cache", args.out)
+    result = asyncio.run(main(args))
     print_table(result)
-    print(json.dumps(result))
+    run.finish(
+        {"duplicates": args.duplicates, "concurrency": args.concurrency, **result},
+        postgresql=asyncio.run(postgres_version(args.admin_url)),
+        redis=asyncio.run(redis_version(args.redis_url)),
+    )

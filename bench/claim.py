@@ -65,6 +65,8 @@ FROM b, generate_series(1, CASE WHEN b.account_id = (SELECT min(id) FROM a) THEN
                                 ELSE 20 END)
 """
 
+SETUP_TIMEOUT_S = 900.0
+
 # The seed's write path: its table shape, and one UPDATE per status change.
 SEED_POOL_MAX = 20
 SEED_TABLE = """
@@ -106,8 +108,9 @@ async def claim_latency(url: str, backlog: int, rounds: int = 40) -> dict[str, f
     pool = await create_pool(url, max_size=2)
     try:
         await migrate(pool)
-        await pool.execute(BACKLOG, backlog - 50 * 20)
-        await pool.execute("VACUUM ANALYZE jobs")
+        # Filling a 1M backlog takes longer than the pool's statement timeout on a busy machine.
+        await pool.execute(BACKLOG, backlog - 50 * 20, timeout=SETUP_TIMEOUT_S)
+        await pool.execute("VACUUM ANALYZE jobs", timeout=SETUP_TIMEOUT_S)
         timings: dict[str, list[float]] = {"fair": [], "naive": []}
         for _ in range(rounds):
             timings["fair"].append(await _timed_claim(pool, q.JOBS_CLAIM))

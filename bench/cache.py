@@ -1,32 +1,35 @@
 """Result cache: provider calls avoided, and what the cache adds to each job's latency.
 
 One 2,000-job batch with 15% duplicate requests (300 rows repeat an earlier keyword), run
-three times against the same PostgreSQL database, Redis and simulator:
+three times against the same PostgreSQL database, Redis and simulator, in each of
+``--rounds`` rounds (a cold cache and a new account each), so run-to-run spread shows:
 
 1. cache on, first run: the duplicates must be served by the cache or single-flight;
 2. the same batch again within the TTL: every job must be served from the cache;
 3. cache off (``cache_enabled=False``): the baseline, every job pays a provider call.
 
-Calls are counted by the simulator itself (``/_sim/stats``). Latency is measured around
-``SingleFlight.run`` per job: for a job that called the provider, the cache's *added*
-latency is the time in ``run`` minus the time in the provider call (lookup, lock, store);
-for a hit it is the whole ``run`` (it replaces the call). The same wrapper runs with the
-cache off, so both columns pay the same measuring cost.
+Calls are counted by the simulator itself (``/_sim/stats``). Redis calls that passed
+``cache_timeout_ms`` or failed, and so were skipped (a miss, or a store not made), are
+counted too (``cache_bypassed``): on a busy machine they explain a duplicate that paid.
+Latency is measured around ``SingleFlight.run`` per job: for a job that called the
+provider, the cache's *added* latency is the time in ``run`` minus the time in the provider
+call (lookup, lock, store); for a hit it is the whole ``run`` (it replaces the call). The
+same wrapper runs with the cache off, so both columns pay the same measuring cost.
 
     .venv/bin/python bench/cache.py [--jobs 2000] [--duplicates 0.15] [--concurrency 32]
+        [--rounds 3]
         [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
         [--redis-url redis://127.0.0.1:6379/9]
 
 Creates and drops its own database; flushes the given Redis database before and after.
+Writes its result to ``bench/results/cache.json`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -45,6 +48,7 @@ from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
 from bulkgen.simulator.control import sim_stats
+from record import Run, add_out_argument, postgres_version, redis_version
 
 SIM = SimConfig(rpm=None, tpm=None, ttft_ms=0, tokens_per_s=0, seed=5)
 OPTIONS = BatchOptions(model="gpt-4o", max_tokens=400, target_words=150)
@@ -106,7 +110,8 @@ async def provider_requests(base_url: str) -> int:
 async def one_run(
     settings: Settings, rows: list[JobInput], concurrency: int, base_url: str, account: str
 ) -> dict[str, Any]:
-    svc = await open_services(settings, metrics=Metrics())
+    metrics = Metrics()
+    svc = await open_services(settings, metrics=metrics)
     flight = TimedFlight(svc.singleflight)
     svc.singleflight = flight  # type: ignore[assignment]
     try:
@@ -126,6 +131,7 @@ async def one_run(
         "provider_calls": calls,
         "calls_avoided": len(rows) - calls,
         "cache_hits": usage.cache_hits,
+        "cache_bypassed": int(metrics.total("cache.bypassed")),
         "cost_usd": str(usage.cost_usd),
         "saved_usd": str(usage.saved_usd),
         "wall_s": round(wall_s, 2),
@@ -156,26 +162,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 status_flush_ms=20,
             )
             rows = batch_rows(args.jobs, args.duplicates)
-            runs = {
-                "cache_first_run": await one_run(
-                    base, rows, args.concurrency, sim.base_url, "bench"
-                ),
-                "cache_rerun": await one_run(base, rows, args.concurrency, sim.base_url, "bench"),
-                "cache_off": await one_run(
-                    base.model_copy(update={"cache_enabled": False}),
-                    rows,
-                    args.concurrency,
-                    sim.base_url,
-                    "bench-off",
-                ),
-            }
+            rounds = []
+            for i in range(args.rounds):
+                await redis.flushdb()  # each round starts with a cold cache
+                rounds.append(await one_round(base, rows, args.concurrency, sim.base_url, i))
     finally:
         await redis.flushdb()
         await redis.aclose()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
     distinct = len({r.keyword for r in rows})
-    return {"jobs": args.jobs, "distinct_requests": distinct, **runs}
+    return {"jobs": args.jobs, "distinct_requests": distinct, "rounds": rounds}
+
+
+async def one_round(
+    base: Settings, rows: list[JobInput], concurrency: int, base_url: str, number: int
+) -> dict[str, Any]:
+    """Cache on, the same batch again, then cache off; each under its own account."""
+    account = f"bench-{number}"
+    off = base.model_copy(update={"cache_enabled": False})
+    return {
+        "cache_first_run": await one_run(base, rows, concurrency, base_url, account),
+        "cache_rerun": await one_run(base, rows, concurrency, base_url, account),
+        "cache_off": await one_run(off, rows, concurrency, base_url, account + "-off"),
+    }
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -183,6 +193,7 @@ def print_table(result: dict[str, Any]) -> None:
         "provider_calls",
         "calls_avoided",
         "cache_hits",
+        "cache_bypassed",
         "wall_s",
         "added_ms_p50",
         "added_ms_p99",
@@ -190,16 +201,22 @@ def print_table(result: dict[str, Any]) -> None:
         "hit_ms_p99",
         "call_ms_p50",
         "call_ms_p99",
+        "cost_usd",
+        "saved_usd",
     )
-    print(f"{'run':<16}" + "".join(f"{c:>15}" for c in cols))
-    for run in ("cache_first_run", "cache_rerun", "cache_off"):
-        print(f"{run:<16}" + "".join(f"{result[run][c]!s:>15}" for c in cols))
-    off, first = result["cache_off"], result["cache_first_run"]
-    print(
-        f"added latency on a miss, p50: {first['added_ms_p50'] - off['added_ms_p50']:.3f} ms,"
-        f" p99: {first['added_ms_p99'] - off['added_ms_p99']:.3f} ms (cache on minus off);"
-        f" median of the provider call it saves: {statistics.median([off['call_ms_p50']]):.3f} ms"
-    )
+    print(f"{'round':<6}{'run':<16}" + "".join(f"{c:>15}" for c in cols))
+    for number, runs in enumerate(result["rounds"]):
+        for run in ("cache_first_run", "cache_rerun", "cache_off"):
+            line = "".join(f"{runs[run][c]!s:>15}" for c in cols)
+            print(f"{number:<6}{run:<16}{line}")
+    for number, runs in enumerate(result["rounds"]):
+        off, first = runs["cache_off"], runs["cache_first_run"]
+        print(
+            f"round {number}: added latency on a miss, p50:"
+            f" {first['added_ms_p50'] - off['added_ms_p50']:.3f} ms,"
+            f" p99: {first['added_ms_p99'] - off['added_ms_p99']:.3f} ms (cache on minus off);"
+            f" provider call p50 with the cache off: {off['call_ms_p50']:.3f} ms"
+        )
 
 
 if __name__ == "__main__":
@@ -207,8 +224,21 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--duplicates", type=float, default=0.15)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="repeat the three runs")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
-    result = asyncio.run(main(parser.parse_args()))
+    add_out_argument(parser, "cache")
+    args = parser.parse_args()
+    run = Run("cache", args.out)
+    result = asyncio.run(main(args))
     print_table(result)
-    print(json.dumps(result))
+    run.finish(
+        {
+            "duplicates": args.duplicates,
+            "concurrency": args.concurrency,
+            "rounds_run": args.rounds,
+            **result,
+        },
+        postgresql=asyncio.run(postgres_version(args.admin_url)),
+        redis=asyncio.run(redis_version(args.redis_url)),
+    )

@@ -8,6 +8,7 @@ approach) and ``COPY`` (asyncpg's ``copy_records_to_table``). Also times parsing
     .venv/bin/python bench/enqueue.py [--jobs 10000] [--repeat 5] [--admin-url URL]
 
 Needs a PostgreSQL server (the machine's by default); creates and drops its own database.
+Writes its result to ``bench/results/enqueue.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bulkgen.intake import parse_csv
 from bulkgen.metrics import Metrics
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
+from record import Run, add_out_argument, postgres_version
 
 
 def _csv(n: int) -> str:
@@ -119,16 +121,23 @@ async def _run(jobs: int, repeat: int, url: str) -> dict[str, float]:
         "per_row_insert_s": round(med(per_row_s), 4),
         "copy_s": round(med(copy_s), 4),
     }
-    figures["per_row_over_submit"] = round(figures["per_row_insert_s"] / figures["submit_s"], 2)
-    figures["copy_over_submit"] = round(figures["copy_s"] / figures["submit_s"], 2)
-    print(f"{'path':<28}{'median s':>10}{'jobs/s':>12}")
-    for label, key in [
+    paths = [
         ("parse CSV", "parse_csv_s"),
         ("bulkgen submit (unnest)", "submit_s"),
         ("baseline: INSERT per row", "per_row_insert_s"),
         ("baseline: COPY", "copy_s"),
-    ]:
+    ]
+    for _, key in paths:
+        figures[key.removesuffix("_s") + "_jobs_per_s"] = round(jobs / figures[key])
+    figures["per_row_over_submit"] = round(figures["per_row_insert_s"] / figures["submit_s"], 2)
+    figures["copy_over_submit"] = round(figures["copy_s"] / figures["submit_s"], 2)
+    print(f"{'path':<28}{'median s':>10}{'jobs/s':>12}")
+    for label, key in paths:
         print(f"{label:<28}{figures[key]:>10.4f}{jobs / figures[key]:>12,.0f}")
+    print(
+        f"per-row / submit: {figures['per_row_over_submit']:.2f};"
+        f" COPY / submit: {figures['copy_over_submit']:.2f}"
+    )
     return figures
 
 
@@ -137,5 +146,11 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    add_out_argument(parser, "enqueue")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.jobs, args.repeat, args.admin_url))))
+    run = Run("enqueue", args.out)
+    figures = asyncio.run(main(args.jobs, args.repeat, args.admin_url))
+    run.finish(
+        {"repeat": args.repeat, **figures},
+        postgresql=asyncio.run(postgres_version(args.admin_url)),
+    )

@@ -14,9 +14,14 @@ Figures: makespan; makespan / ideal (ideal = the batch's cost at exactly the bin
 limit); the steady rate / limit (from the simulator's per-second counts of admitted
 requests or tokens between 5% and 95% of the admitted total, so warm-up and tail are
 left out); the busiest 10 s of that window / limit; the share of requests
-answered 429; retries (provider requests beyond one per job); jobs that failed.
+answered 429; retries (provider requests beyond one per job); jobs that failed; answers
+the simulator cut at ``max_tokens`` (``finish_reason=length``: bulkgen's jobs record the
+retry this costs, the plain loops count them in the answers they get). Per scenario it also
+prints how bulkgen's token estimate for the batch compares with what the simulator charges.
 
     .venv/bin/python bench/ratelimit.py --jobs 2000 --seed-jobs 300 --naive-jobs 1000
+
+Writes its result to ``bench/results/ratelimit.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.intake import JobInput
 from bulkgen.options import validate_options
+from bulkgen.pipeline import CHARS_PER_TOKEN
 from bulkgen.prompts import PromptTemplate
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
 from bulkgen.simulator.control import sim_stats
 from bulkgen.simulator.tokens import prompt_tokens
+from record import Run, add_out_argument, postgres_version, redis_version
 
 API_KEY = "sk-bench"
 MODEL = "gpt-4o"
@@ -64,6 +71,15 @@ class Scenario:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What a client reports of its own run."""
+
+    done: int
+    makespan_s: float
+    truncated: int  # answers cut at max_tokens (finish_reason "length")
+
+
+@dataclass(frozen=True)
 class Row:
     scenario: str
     client: str
@@ -75,8 +91,11 @@ class Row:
     steady_ratio: float
     peak_second_ratio: float
     requests: int
+    answered_429: int
     share_429: float
     retries: int
+    truncated: int
+    truncated_share: float
 
     @property
     def makespan_ratio(self) -> float:
@@ -105,6 +124,16 @@ def batch_cost_tokens(rows: list[JobInput]) -> int:
     for row in rows:
         texts = [m["content"] for m in messages_of(row)]
         total += prompt_tokens(texts) + int(row.overrides["max_tokens"])
+    return total
+
+
+def batch_estimate_tokens(rows: list[JobInput]) -> int:
+    """What bulkgen reserves for one attempt of every row: prompt characters / 4, rounded
+    down, plus max_tokens (the pipeline's estimate, before any answer corrects it)."""
+    total = 0
+    for row in rows:
+        chars = sum(len(m["content"]) for m in messages_of(row))
+        total += chars // CHARS_PER_TOKEN + int(row.overrides["max_tokens"])
     return total
 
 
@@ -160,7 +189,11 @@ def steady(per_second: list[dict[str, int]], field: str, limit_per_s: float) -> 
 
 
 def make_row(
-    scenario: Scenario, client: str, jobs: int, done: int, makespan_s: float, stats: dict[str, Any]
+    scenario: Scenario,
+    client: str,
+    jobs: int,
+    outcome: Outcome,
+    stats: dict[str, Any],
 ) -> Row:
     sim = scenario.sim
     per_second = stats["per_second"]
@@ -179,34 +212,37 @@ def make_row(
         scenario=scenario.name,
         client=client,
         jobs=jobs,
-        done=done,
-        failed=jobs - done,
-        makespan_s=round(makespan_s, 2),
+        done=outcome.done,
+        failed=jobs - outcome.done,
+        makespan_s=round(outcome.makespan_s, 2),
         ideal_s=round(ideal_s, 2),
         steady_ratio=round(ratio, 4),
         peak_second_ratio=round(peak, 3),
         requests=requests,
+        answered_429=refused,
         share_429=round(refused / requests, 5) if requests else 0.0,
         retries=requests - jobs,
+        truncated=outcome.truncated,
+        truncated_share=round(outcome.truncated / stats["ok"], 5) if stats["ok"] else 0.0,
     )
 
 
 # ----------------------------------------------------------------- clients
 
 
-async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> tuple[int, float]:
+async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> Outcome:
     """The seed's client: fixed concurrency, exponential backoff with jitter on 429 only."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=120)
     queue: asyncio.Queue[JobInput] = asyncio.Queue()
     for row in rows:
         queue.put_nowait(row)
-    done = [0]
+    done, truncated = [0], [0]
     rng = random.Random(5)
 
     async def one(row: JobInput) -> None:
         for attempt in range(1, 6):
             try:
-                await client.chat.completions.create(
+                answer = await client.chat.completions.create(
                     model=MODEL,
                     messages=messages_of(row),  # type: ignore[arg-type]
                     max_tokens=int(row.overrides["max_tokens"]),
@@ -217,6 +253,7 @@ async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> tu
                 await asyncio.sleep(min(1.0 * 2**attempt, 30.0) + rng.uniform(0.0, 0.5))
             else:
                 done[0] += 1
+                truncated[0] += answer.choices[0].finish_reason == "length"
                 return
 
     async def lane() -> None:
@@ -227,13 +264,15 @@ async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> tu
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     makespan_s = time.monotonic() - started
     await client.close()
-    return done[0], makespan_s
+    return Outcome(done[0], makespan_s, truncated[0])
 
 
 async def bulkgen_run(
     base_url: str, database_url: str, redis_url: str, rows: list[JobInput], workers: int
-) -> tuple[int, float]:
-    """Submit the batch, start ``workers`` worker processes, wait until they all exit."""
+) -> Outcome:
+    """Submit the batch, start ``workers`` worker processes, wait until they all exit.
+    A job whose answer was cut at max_tokens is retried once with more room and says so
+    (``max_tokens_grown``); a second cut fails it as ``truncated``."""
     redis = aioredis.Redis.from_url(redis_url)
     await redis.flushdb()  # learned limits and cached results of earlier runs must not leak
     await redis.aclose()
@@ -265,12 +304,16 @@ async def bulkgen_run(
         stop.set()
         started_epoch_s = await first
         counts = {c.status: c.jobs for c in await svc.store.batch_counts(batch_id)}
-        last = await svc.store.pool.fetchval(
-            "SELECT extract(epoch FROM max(finished_at)) FROM jobs WHERE batch_id = $1", batch_id
+        last, truncated = await svc.store.pool.fetchrow(
+            "SELECT extract(epoch FROM max(finished_at)),"
+            " count(*) FILTER (WHERE max_tokens_grown)"
+            " + count(*) FILTER (WHERE error_kind = 'truncated' AND status = 'failed')"
+            " FROM jobs WHERE batch_id = $1",
+            batch_id,
         )
     finally:
         await svc.aclose()
-    return counts.get("done", 0), float(last) - started_epoch_s
+    return Outcome(counts.get("done", 0), float(last) - started_epoch_s, int(truncated))
 
 
 # ----------------------------------------------------------------- orchestration
@@ -283,14 +326,12 @@ async def run_one(
     async with SimulatorProcess(scenario.sim) as sim:
         if client.startswith("bulkgen"):
             workers = int(client.rsplit("x", 1)[1])
-            done, makespan_s = await bulkgen_run(
-                sim.base_url, database_url, args.redis_url, rows, workers
-            )
+            outcome = await bulkgen_run(sim.base_url, database_url, args.redis_url, rows, workers)
         else:
             concurrency = int(client.rsplit("=", 1)[1])
-            done, makespan_s = await seed_loop(sim.base_url, rows, concurrency)
+            outcome = await seed_loop(sim.base_url, rows, concurrency)
         stats = await sim_stats(sim.base_url)
-    row = make_row(scenario, client, jobs, done, makespan_s, stats)
+    row = make_row(scenario, client, jobs, outcome, stats)
     print(json.dumps({"run": asdict(row)}), file=sys.stderr, flush=True)
     return row
 
@@ -298,7 +339,8 @@ async def run_one(
 def print_table(rows: list[Row]) -> None:
     header = (
         f"{'scenario':<10} {'client':<12} {'jobs':>5} {'failed':>6} {'makespan':>9} "
-        f"{'/ideal':>7} {'rate/limit':>10} {'peak 10s':>8} {'429 share':>10} {'retries':>8}"
+        f"{'/ideal':>7} {'rate/limit':>10} {'peak 10s':>8} {'requests':>8} {'429 share':>10} "
+        f"{'retries':>8} {'truncated':>9} {'trunc share':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -306,7 +348,8 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{r.scenario:<10} {r.client:<12} {r.jobs:>5} {r.failed:>6} {r.makespan_s:>8.1f}s "
             f"{r.makespan_ratio:>7.2f} {r.steady_ratio:>10.3f} {r.peak_second_ratio:>8.3f} "
-            f"{r.share_429:>10.2%} {r.retries:>8}"
+            f"{r.requests:>8} {r.share_429:>10.2%} {r.retries:>8} {r.truncated:>9} "
+            f"{r.truncated_share:>11.2%}"
         )
 
 
@@ -326,7 +369,19 @@ async def with_database(admin_url: str, body: Any) -> Any:
         await admin.close()
 
 
-async def main(args: argparse.Namespace) -> None:
+def estimate_vs_charge(jobs: int) -> dict[str, float]:
+    """bulkgen's reservation for a batch against the simulator's charge for it: the gap is
+    the message framing that characters / 4 does not see."""
+    rows = job_rows(jobs, "probe")
+    estimate, charge = batch_estimate_tokens(rows), batch_cost_tokens(rows)
+    return {
+        "estimate_tokens": estimate,
+        "charged_tokens": charge,
+        "estimate_over_charge": round(estimate / charge, 4),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
     plan = [
         ("bulkgen x1", args.jobs),
         ("bulkgen x3", args.jobs),
@@ -347,8 +402,24 @@ async def main(args: argparse.Namespace) -> None:
     for s in chosen:
         print(f"# {s.name}: rpm={s.sim.rpm} tpm={s.sim.tpm} (per minute)")
     print_table(results)
-    summary = [{**asdict(r), "makespan_ratio": round(r.makespan_ratio, 3)} for r in results]
-    print(json.dumps({"benchmark": "ratelimit", "rows": summary}))
+    estimate = estimate_vs_charge(args.jobs)
+    print(
+        f"bulkgen's token estimate for the batch / the simulator's charge:"
+        f" {estimate['estimate_tokens']} / {estimate['charged_tokens']}"
+        f" = {estimate['estimate_over_charge']:.4f}"
+    )
+    for r in results:
+        if r.client.startswith("bulkgen"):
+            print(
+                f"{r.scenario} {r.client}: {r.retries} retries ="
+                f" {r.truncated} truncated answers + {r.answered_429} 429s"
+                f" + {r.retries - r.truncated - r.answered_429} other"
+            )
+    return {
+        "limits": {s.name: {"rpm": s.sim.rpm, "tpm": s.sim.tpm} for s in chosen},
+        "rows": [{**asdict(r), "makespan_ratio": round(r.makespan_ratio, 3)} for r in results],
+        "bulkgen_estimate": estimate,
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -361,8 +432,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", nargs="+", default=["bulkgen", "seed", "naive"])
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10")
+    add_out_argument(parser, "ratelimit")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    args = parse_args()
+    run = Run("ratelimit", args.out)
+    figures = asyncio.run(main(args))
+    run.finish(
+        {
+            "jobs": args.jobs,
+            "seed_jobs": args.seed_jobs,
+            "naive_jobs": args.naive_jobs or args.jobs,
+            **figures,
+        },
+        postgresql=asyncio.run(postgres_version(args.admin_url)),
+        redis=asyncio.run(redis_version(args.redis_url)),
+    )

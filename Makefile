@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-simulator clean
+.PHONY: demo test lint bench bench-soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/claim.py
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/ratelimit.py
+	$(BIN)/python bench/render.py
+
+# Ten minutes or more: 20,000 jobs through a fleet losing a worker every 20 s.
+bench-soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,6 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from bulkgen.db.store import StatusCount, Store
@@ -56,7 +55,7 @@ def _new_progress(console: Console) -> Progress:
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[eta]}"),  # the batch's time left, on the done row only
         console=console,
         transient=False,
     )
@@ -69,7 +68,7 @@ async def batch_progress(
     """Show bars until the block ends (the caller decides when the batch is over)."""
     progress = _new_progress(console)
     rows = {
-        name: progress.add_task(name, total=total, rate="")
+        name: progress.add_task(name, total=total, rate="", eta="")
         for name in ("done", "failed", "queued", "running")
     }
 
@@ -81,7 +80,10 @@ async def batch_progress(
             counts = BatchCounts.of(total, await store.batch_counts(batch_id))
             rate = counts.finished / max(loop.time() - started, 1e-6)
             progress.update(
-                rows["done"], completed=counts.get(JobStatus.DONE), rate=f"{rate:5.1f} jobs/s"
+                rows["done"],
+                completed=counts.get(JobStatus.DONE),
+                rate=f"{rate:5.1f} jobs/s",
+                eta=_time_left(total - counts.finished, rate),
             )
             progress.update(rows["failed"], completed=counts.get(JobStatus.FAILED))
             progress.update(rows["queued"], completed=counts.get(JobStatus.QUEUED))
@@ -101,6 +103,14 @@ async def batch_progress(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await show()  # the final counts, not the last poll's
+
+
+def _time_left(jobs_left: int, jobs_per_s: float) -> str:
+    """``1:05 left`` at the current rate; nothing before the first job ends or after the last."""
+    if jobs_left <= 0 or jobs_per_s <= 0:
+        return ""
+    minutes, seconds = divmod(round(jobs_left / jobs_per_s), 60)
+    return f"{minutes}:{seconds:02d} left"
 
 
 async def wait_for_batch(store: Store, batch_id: uuid.UUID, *, interval_s: float = 0.5) -> None:

@@ -18,6 +18,7 @@ ends when stdin closes, which is also what happens when its parent dies.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import struct
 import sys
@@ -99,5 +100,18 @@ def _limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, hard))
 
 
+def run(argv: list[str]) -> int:
+    """``main``, ending quietly when the parent is gone: a worker that exits (or dies) while
+    its render process starts or answers closes the pipe under it, which is no error of the
+    render process and must not print a traceback into the worker's output."""
+    try:
+        main(argv)
+    except BrokenPipeError:
+        # Python would also complain when flushing stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # fd 1: the pipe to the parent
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv)
+    sys.exit(run(sys.argv))

@@ -1,9 +1,9 @@
 """In-process metrics: counters, gauges and timings, labelled, cheap to update.
 
 Every layer records what it did (``metrics.inc("limiter.admitted", model=...)``); the
-demo's summary, the benchmarks and the tests read the totals and gauges. No exporter ships
-with bulkgen; kept dependency-free on purpose, so one can sit on top of
-:meth:`Metrics.snapshot`.
+demo's summary, the benchmarks and the tests read the totals and gauges, and the API's
+``/metrics`` exports a :meth:`Metrics.readings` copy in Prometheus' format. Kept
+dependency-free on purpose: the exporter sits on top, in ``bulkgen.api.exporter``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ class _Timing:
     count: int = 0
     total: float = 0.0
     max: float = 0.0
+
+
+@dataclass(frozen=True)
+class Readings:
+    """A consistent copy of every series, taken under the lock in one go, so an exporter
+    never sees a counter from before an update beside a timing from after it."""
+
+    counters: dict[tuple[str, Labels], float]
+    gauges: dict[tuple[str, Labels], float]
+    timings: dict[tuple[str, Labels], tuple[int, float]]  # (count, sum of seconds)
 
 
 @dataclass
@@ -56,6 +66,14 @@ class Metrics:
     def gauge(self, name: str, **labels: object) -> float | None:
         with self._lock:
             return self.gauges.get((name, _labels(labels)))
+
+    def readings(self) -> Readings:
+        with self._lock:
+            return Readings(
+                counters=dict(self.counters),
+                gauges=dict(self.gauges),
+                timings={k: (t.count, t.total) for k, t in self.timings.items()},
+            )
 
     def snapshot(self) -> dict[str, float]:
         """Flat ``name{k=v}`` -> value view, for summaries and exporters."""

@@ -22,6 +22,7 @@ EXPECTED = {
     ("get", "/v1/jobs/{job_id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
 }
 
 

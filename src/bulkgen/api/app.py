@@ -7,9 +7,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from bulkgen import __version__
-from bulkgen.api import batches, health, jobs
+from bulkgen.api import batches, health, jobs, metrics
 from bulkgen.api.body_limit import BodyLimit
 from bulkgen.api.errors import install_error_handlers
+from bulkgen.api.exporter import Exporter
 from bulkgen.api.settings import ApiSettings
 from bulkgen.service import Services
 
@@ -35,9 +36,11 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> FastA
     )
     app.state.services = services
     app.state.api_settings = settings
+    app.state.exporter = Exporter(services.metrics, services.store.pool)
     install_error_handlers(app)
     app.include_router(batches.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -122,6 +122,14 @@ WHERE status IN ('queued', 'generating')
   AND ($1::uuid IS NULL OR batch_id = $1)
 """
 
+# Scrape-time gauge: each count is answered from its partial index (jobs_claim_idx holds
+# exactly the queued jobs, jobs_running_idx the generating ones), so its cost follows the
+# backlog, never the history of done jobs.
+JOBS_ACTIVE_COUNTS = """
+SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
+       (SELECT count(*) FROM jobs WHERE status = 'generating') AS generating
+"""
+
 WORKER_REGISTER = """
 INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from bulkgen.budget import KEY_PREFIX, LEDGER_TTL_S, RedisLedger
 from bulkgen.metrics import Metrics
+from bulkgen.redis_guard import RedisGuard
 
 pytestmark = pytest.mark.redis
 
@@ -32,7 +33,11 @@ async def test_concurrent_reservations_from_two_ledgers_never_pass_the_cap(
 ) -> None:
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
     try:
-        ledgers = [RedisLedger(c) for c in clients]
+        # What is tested is the script's atomicity, not the guard: a generous timeout keeps
+        # 300 calls queued on a loaded machine from being bypassed to a local ledger.
+        ledgers = [
+            RedisLedger(c, guard=RedisGuard(timeout_ms=30_000, metrics=Metrics())) for c in clients
+        ]
         batch = uuid.uuid4()
         await ledgers[0].reserve(batch, 0, 1_000, 0)  # seed
         answers = await asyncio.gather(

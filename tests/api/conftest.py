@@ -26,7 +26,14 @@ from ..integration.pipeline_support import make_settings
 
 pytestmark = pytest.mark.postgres
 
-LIMITS = ApiSettings(max_body_mb=0.25, max_items=50, max_item_chars=2_000, max_template_chars=500)
+LIMITS = ApiSettings(
+    max_body_mb=0.25,
+    max_items=50,
+    max_item_chars=2_000,
+    max_template_chars=500,
+    rate_per_s=1_000,  # the rate limit has tests of its own; others must not meet it
+    burst=1_000,
+)
 QUICK_SIM = SimConfig(rpm=None, tpm=None, ttft_ms=5, tokens_per_s=0, seed=3)
 
 

@@ -51,6 +51,7 @@ async def test_every_route_is_documented_with_models_and_examples(api: Api) -> N
         if path.startswith("/v1/"):
             assert op["security"] == [{"ApiKey": []}], (method, path)
             assert "401" in op["responses"] and "422" in op["responses"], (method, path)
+            assert "429" in op["responses"], (method, path)
         if "{" in path:
             assert "404" in op["responses"], (method, path)
     body = operations[("post", "/v1/batches")]["requestBody"]["content"]

@@ -1,8 +1,12 @@
 """What every route depends on: the process's services, and the account calling.
 
 Every ``/v1`` route takes :data:`CallerDep`, so no route can be reached without a valid
-key. The key is read from ``Authorization: Bearer <key>``, hashed, looked up, and then
-dropped: it is never stored, logged or put in an error message.
+key, nor past the account's request rate (:mod:`bulkgen.api.rate_limit`): the rate is
+checked after the key, so it is always the caller's own budget that pays, and a stranger
+without a key cannot spend anyone's.
+
+The key is read from ``Authorization: Bearer <key>``, hashed, looked up, and then dropped:
+it is never stored, logged or put in an error message.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bulkgen.accounts import Caller, authenticate
 from bulkgen.api.errors import ApiError
+from bulkgen.api.rate_limit import AccountLimiter, retry_after_s
 from bulkgen.service import Services
 
-__all__ = ["CallerDep", "ServicesDep", "get_caller", "get_services"]
+__all__ = ["CallerDep", "ServicesDep", "get_caller", "get_services", "limited_caller"]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -56,4 +61,23 @@ async def get_caller(
     return caller
 
 
-CallerDep = Annotated[Caller, Depends(get_caller)]
+async def limited_caller(
+    request: Request, caller: Annotated[Caller, Depends(get_caller)]
+) -> Caller:
+    """The authenticated caller, once its account's budget admits one more request."""
+    limiter: AccountLimiter = request.app.state.account_limiter
+    wait_s = await limiter.admit(caller.id)
+    if wait_s > 0:
+        services = get_services(request)
+        services.metrics.inc("api.rate_limited")
+        retry_after = retry_after_s(wait_s)
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests for this account; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(limited_caller)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bulkgen.api.rate_limit import AccountRate
 from bulkgen.prompts import MAX_TEMPLATE_CHARS
 
 __all__ = ["ApiSettings"]
@@ -25,7 +26,15 @@ class ApiSettings(BaseSettings):
     max_item_chars: int = Field(default=20_000, ge=1)
     # A batch's prompt template, in characters.
     max_template_chars: int = Field(default=20_000, ge=1, le=MAX_TEMPLATE_CHARS)
+    # Requests per second one account may make in the long run, over every API process
+    # (through Redis when there is one), and how many at once after a quiet spell.
+    rate_per_s: float = Field(default=20.0, gt=0, le=1_000_000)
+    burst: int = Field(default=40, ge=1, le=1_000_000)
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def account_rate(self) -> AccountRate:
+        return AccountRate(rate_per_s=self.rate_per_s, burst=self.burst)

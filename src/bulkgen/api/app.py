@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from bulkgen import __version__
-from bulkgen.api import batches, health, jobs, metrics
+from bulkgen.api import batches, events, health, jobs, metrics
 from bulkgen.api.body_limit import BodyLimit
 from bulkgen.api.errors import install_error_handlers
 from bulkgen.api.exporter import Exporter
@@ -39,6 +39,7 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> FastA
     app.state.exporter = Exporter(services.metrics, services.store.pool)
     install_error_handlers(app)
     app.include_router(batches.router)
+    app.include_router(events.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -25,6 +25,10 @@ class ApiSettings(BaseSettings):
     max_item_chars: int = Field(default=20_000, ge=1)
     # A batch's prompt template, in characters.
     max_template_chars: int = Field(default=20_000, ge=1, le=MAX_TEMPLATE_CHARS)
+    # Progress streams (``/events``): how often each one reads the batch's counts (one
+    # statement per poll), and how long a quiet stream waits before a keep-alive comment.
+    events_interval_s: float = Field(default=1.0, ge=0.05, le=60)
+    events_keepalive_s: float = Field(default=15.0, gt=0, le=300)
 
     @property
     def max_body_bytes(self) -> int:

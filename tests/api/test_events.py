@@ -1,0 +1,63 @@
+"""``GET /v1/batches/{id}/events`` in-process: scoping and auth like every batch route,
+and a finished batch's stream, compared with the jobs' rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import Api, batch_uuid, drain
+
+pytestmark = pytest.mark.postgres
+
+
+def _events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = [line for line in block.split("\n") if not line.startswith(":")]
+        if not lines:
+            continue
+        name = next(line[7:] for line in lines if line.startswith("event: "))
+        data = json.loads(next(line[6:] for line in lines if line.startswith("data: ")))
+        events.append((name, data))
+    return events
+
+
+async def test_events_need_a_key_and_the_batch_s_account(api: Api) -> None:
+    created = await api.submit(["alpha"])
+    url = f"/v1/batches/{created['id']}/events"
+    missing = await api.client.get(url)
+    assert missing.status_code == 401 and missing.json()["error"]["kind"] == "unauthorized"
+    other = await api.client.get(url, headers=api.rival)
+    nowhere = await api.client.get(
+        "/v1/batches/00000000-0000-4000-8000-000000000000/events", headers=api.acme
+    )
+    assert other.status_code == nowhere.status_code == 404
+    assert other.json()["error"]["kind"] == nowhere.json()["error"]["kind"] == "not_found"
+
+
+async def test_stream_of_a_finished_batch_matches_its_rows(api: Api, database_url: str) -> None:
+    created = await api.submit(["alpha", "beta", "gamma"])
+    await drain(database_url)
+    response = await api.client.get(f"/v1/batches/{created['id']}/events", headers=api.acme)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _events(response.text)
+    assert [name for name, _ in events] == ["progress", "end"]
+    end = events[-1][1]
+    done = await api.count(
+        "SELECT count(*) FROM jobs WHERE batch_id = $1 AND status = 'done'", batch_uuid(created)
+    )
+    assert end["counts"]["done"] == done == 3
+    assert (end["done"], end["total"], end["finished"], end["status"]) == (3, 3, True, "done")
+
+
+async def test_stream_of_a_cancelled_batch_ends_cancelled(api: Api) -> None:
+    created = await api.submit(["alpha", "beta"])
+    cancel = await api.client.post(f"/v1/batches/{created['id']}/cancel", headers=api.acme)
+    assert cancel.json()["cancelled"] == 2
+    response = await api.client.get(f"/v1/batches/{created['id']}/events", headers=api.acme)
+    (_, progress), (_, end) = _events(response.text)
+    assert progress["counts"]["cancelled"] == 2 and end["status"] == "cancelled"

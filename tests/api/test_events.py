@@ -61,3 +61,35 @@ async def test_stream_of_a_cancelled_batch_ends_cancelled(api: Api) -> None:
     response = await api.client.get(f"/v1/batches/{created['id']}/events", headers=api.acme)
     (_, progress), (_, end) = _events(response.text)
     assert progress["counts"]["cancelled"] == 2 and end["status"] == "cancelled"
+
+
+async def test_batch_detail_has_the_rate_of_recent_jobs_and_an_eta(
+    api: Api, database_url: str
+) -> None:
+    created = await api.submit(["alpha", "beta", "gamma", "delta", "epsilon"])
+    batch_id = batch_uuid(created)
+    url = f"/v1/batches/{created['id']}"
+    waiting = (await api.client.get(url, headers=api.acme)).json()
+    assert (waiting["rate_jobs_per_s"], waiting["eta_s"]) == (None, None)
+    await drain(database_url)
+    # Known finish times: 20 s, 10 s and 0 s ago count; 2 minutes ago is outside the window,
+    # and one job goes back to the queue, left to run at that rate.
+    await api.services.store.pool.execute(
+        """
+        WITH ranked AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs
+                        WHERE batch_id = $1)
+        UPDATE jobs j SET
+            status = CASE WHEN r.n = 5 THEN 'queued' ELSE j.status END,
+            finished_at = CASE r.n WHEN 1 THEN now() - interval '120 s'
+                                   WHEN 2 THEN now() - interval '20 s'
+                                   WHEN 3 THEN now() - interval '10 s'
+                                   WHEN 4 THEN now() END
+        FROM ranked r WHERE r.id = j.id
+        """,
+        batch_id,
+    )
+    detail = (await api.client.get(url, headers=api.acme)).json()
+    assert detail["counts"]["queued"] == 1 and detail["finished"] is False
+    # Three jobs ended over 20 s (plus the moments between the statements): 2 intervals.
+    assert 0.05 < detail["rate_jobs_per_s"] <= 0.1
+    assert abs(detail["eta_s"] - 1 / detail["rate_jobs_per_s"]) < 0.2  # both rounded

@@ -3,10 +3,19 @@ and a finished batch's stream, compared with the jobs' rows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import socket
+import uuid
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+
+from bulkgen.api import ApiSettings, create_app
+from bulkgen.db.store import StatusCount
 
 from .conftest import Api, batch_uuid, drain
 
@@ -93,3 +102,58 @@ async def test_batch_detail_has_the_rate_of_recent_jobs_and_an_eta(
     # Three jobs ended over 20 s (plus the moments between the statements): 2 intervals.
     assert 0.05 < detail["rate_jobs_per_s"] <= 0.1
     assert abs(detail["eta_s"] - 1 / detail["rate_jobs_per_s"]) < 0.2  # both rounded
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_a_client_that_leaves_stops_the_polling(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await api.submit(["alpha"])  # no worker: the batch stays queued
+    polls = 0
+    batch_counts = api.services.store.batch_counts
+
+    async def counted(batch_id: uuid.UUID) -> list[StatusCount]:
+        nonlocal polls
+        polls += 1
+        return await batch_counts(batch_id)
+
+    monkeypatch.setattr(api.services.store, "batch_counts", counted)
+    records = _Records()
+    logger = logging.getLogger("bulkgen.api.events")
+    logger.addHandler(records)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(api.services, ApiSettings(events_interval_s=0.05))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            url = f"/v1/batches/{created['id']}/events"
+            async with client.stream("GET", url, headers=api.acme) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # one progress event read; then the client goes away
+        for _ in range(600):
+            if "api.events.closed" in records.messages:
+                break
+            await asyncio.sleep(0.05)
+        assert "api.events.closed" in records.messages
+        polls_at_close = polls
+        await asyncio.sleep(0.5)  # ten poll intervals: a loop still running would poll
+        assert polls == polls_at_close >= 1
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        server.should_exit = True
+        await serving

@@ -162,15 +162,18 @@ class _Streamed:
     async def __aenter__(self) -> httpx.Response:
         try:
             response = await self._context.__aenter__()
-            if response.is_error:
-                await response.aread()
         except httpx.HTTPError as exc:
             raise _unreachable(exc) from exc
-        if response.is_error:
+        if not response.is_error:
+            return response
+        try:
+            await response.aread()
             error = _error_of(response)
+        except httpx.HTTPError as exc:
+            error = _unreachable(exc)
+        finally:
             await self._context.__aexit__(None, None, None)
-            raise error
-        return response
+        raise error
 
     async def __aexit__(
         self,

@@ -146,6 +146,11 @@ async def test_client_raises_the_project_s_errors(stack: Stack) -> None:
         with pytest.raises(ApiError) as no_events:
             await _collect(client, "00000000-0000-4000-8000-000000000000")
         assert no_events.value.status == 404
+        batch = await client.submit(["left alone"])
+        assert (await client.cancel(batch["id"]))["cancelled"] == 1
+        with pytest.raises(ApiError) as conflict:
+            await client.retry(batch["id"])
+        assert conflict.value.status == 409 and conflict.value.kind
     async with Client(stack.base_url, "bgk_wrong") as stranger:
         with pytest.raises(ApiError) as unauthorized:
             await stranger.get("00000000-0000-4000-8000-000000000000")

@@ -2,7 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from bulkgen.client import Client
 from bulkgen.errors import (
+    ApiError,
     BulkgenError,
     ConfigError,
     InputError,
@@ -13,8 +15,10 @@ from bulkgen.models import ChatRequest, Completion, JobStatus, Usage
 from bulkgen.settings import Settings
 
 __all__ = [
+    "ApiError",
     "BulkgenError",
     "ChatRequest",
+    "Client",
     "Completion",
     "ConfigError",
     "InputError",

@@ -4,9 +4,10 @@ Everything bulkgen raises on purpose derives from :class:`BulkgenError`. Errors 
 libraries underneath are translated at one boundary each, with ``raise ... from exc``:
 asyncpg's in ``db/pool.py`` (:class:`StorageError`), openai's and httpx's in
 ``providers/openai_compat.py`` (:class:`ProviderError` subclasses), jinja2's in
-``prompts.py``. Redis errors never reach a caller: ``redis_guard.py`` turns each into a
-bypass (a cache miss, the in-process limiter or budget ledger). Callers only ever catch
-our types::
+``prompts.py``, the HTTP API's answers in ``client.py`` (:class:`ApiError`, or
+:class:`InputError`/:class:`ConfigError` for a 422). Redis errors never reach a caller:
+``redis_guard.py`` turns each into a bypass (a cache miss, the in-process limiter or
+budget ledger). Callers only ever catch our types::
 
     BulkgenError
     ├── ConfigError                 invalid settings or options
@@ -17,6 +18,7 @@ our types::
     ├── RequestTooLarge             one request is bigger than the whole token budget
     ├── RendererUnavailable         no process to render prompts in could be started
     ├── Conflict                    valid, but refused by the state of what it acts on
+    ├── ApiError                    the HTTP API refused a Client call or could not be reached
     └── ProviderError               one provider call failed; knows if a retry may help
         ├── RateLimited             429 rate_limit_exceeded (snooze, never burns an attempt)
         ├── QuotaExhausted          429 insufficient_quota (fails at once)
@@ -165,3 +167,23 @@ class Conflict(BulkgenError):
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class ApiError(BulkgenError):
+    """The HTTP API answered a :class:`~bulkgen.client.Client` call with an error (401,
+    404, 409, 413, 429, 5xx, ...), or could not be reached (``status`` None). ``kind`` is
+    the API's own name for it (``not_found``, ``unauthorized``, ...); ``retry_after_s``
+    is the server's ``Retry-After`` when it sent one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        kind: str,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.retry_after_s = retry_after_s

@@ -17,6 +17,7 @@ EXPECTED = {
     ("get", "/v1/batches/{batch_id}"),
     ("get", "/v1/batches/{batch_id}/jobs"),
     ("get", "/v1/batches/{batch_id}/results"),
+    ("get", "/v1/batches/{batch_id}/events"),
     ("post", "/v1/batches/{batch_id}/cancel"),
     ("post", "/v1/batches/{batch_id}/retry"),
     ("get", "/v1/jobs/{job_id}"),

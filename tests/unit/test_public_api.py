@@ -5,8 +5,10 @@ import bulkgen
 
 def test_public_surface_is_pinned() -> None:
     assert sorted(bulkgen.__all__) == [
+        "ApiError",
         "BulkgenError",
         "ChatRequest",
+        "Client",
         "Completion",
         "ConfigError",
         "InputError",
@@ -34,3 +36,18 @@ def test_version_is_the_package_metadata() -> None:
     from importlib.metadata import version
 
     assert bulkgen.__version__ == version("bulkgen")
+
+
+def test_the_client_loads_nothing_of_the_server_side() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, bulkgen.client\n"
+        "server = ('bulkgen.api', 'bulkgen.db', 'bulkgen.service', 'bulkgen.worker')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(server)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

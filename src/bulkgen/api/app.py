@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from bulkgen import __version__
-from bulkgen.api import batches, health, jobs, metrics
+from bulkgen.api import batches, events, health, jobs, metrics
 from bulkgen.api.body_limit import BodyLimit
 from bulkgen.api.errors import install_error_handlers
 from bulkgen.api.exporter import Exporter
@@ -58,6 +58,7 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> FastA
     )
     install_error_handlers(app)
     app.include_router(batches.router, responses=_RATE_LIMITED)
+    app.include_router(events.router, responses=_RATE_LIMITED)
     app.include_router(jobs.router, responses=_RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -46,6 +46,7 @@ from bulkgen.db.account_scope import (
     batches_status_counts,
     jobs_page,
 )
+from bulkgen.db.batch_rate import batch_recent_rate
 from bulkgen.db.idempotency import IdempotencyKey, check_replay, idempotency_key_get
 from bulkgen.db.store import BatchRecord
 from bulkgen.export import csv_lines, jsonl_line
@@ -198,9 +199,11 @@ async def list_batches(
 )
 async def get_batch(batch_id: BatchId, services: ServicesDep, caller: CallerDep) -> BatchDetail:
     """The same figures as `bulkgen status`: counts per status, tokens, cost, cache hits
-    and savings, and errors by kind."""
+    and savings, and errors by kind; with the current rate (jobs that ended in the last
+    minute, from their finish times) and the ETA of the jobs left at that rate."""
     record = await owned_batch(services, caller, batch_id)
-    return BatchDetail.of(await read_batch_status(services.store, record, services.prices))
+    status = await read_batch_status(services.store, record, services.prices)
+    return BatchDetail.of(status, await batch_recent_rate(services.store, batch_id))
 
 
 @router.get(

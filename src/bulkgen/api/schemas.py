@@ -220,6 +220,8 @@ class BatchDetail(BaseModel):
             "errors": [],
             "options": {"model": "gpt-4o", "tone": "friendly"},
             "template_version": "3f1c2a9b0d4e5f60",
+            "rate_jobs_per_s": None,
+            "eta_s": 0.0,
         }
     )
     id: uuid.UUID
@@ -238,10 +240,20 @@ class BatchDetail(BaseModel):
     errors: list[ErrorKind] = Field(description="Failed and cancelled jobs by error kind.")
     options: dict[str, Any]
     template_version: str
+    rate_jobs_per_s: float | None = Field(
+        description="Jobs ending per second over the last minute (done or failed); null "
+        "when fewer than two ended in it."
+    )
+    eta_s: float | None = Field(
+        description="Seconds until no job is left to run at that rate: 0 once finished, "
+        "null while there is no rate to go by."
+    )
 
     @classmethod
-    def of(cls, status: BatchStatus) -> BatchDetail:
+    def of(cls, status: BatchStatus, rate_jobs_per_s: float | None = None) -> BatchDetail:
         record = status.record
+        left = status.counts["queued"] + status.counts["generating"]
+        eta_s = left / rate_jobs_per_s if left and rate_jobs_per_s else None
         return cls(
             id=record.id,
             account=record.account,
@@ -259,6 +271,8 @@ class BatchDetail(BaseModel):
             errors=[ErrorKind(kind=e.kind, jobs=e.jobs, example=e.example) for e in status.errors],
             options=record.options,
             template_version=record.template_version,
+            rate_jobs_per_s=None if rate_jobs_per_s is None else round(rate_jobs_per_s, 3),
+            eta_s=0.0 if not left else (None if eta_s is None else round(eta_s, 1)),
         )
 
 

@@ -30,6 +30,10 @@ class ApiSettings(BaseSettings):
     # (through Redis when there is one), and how many at once after a quiet spell.
     rate_per_s: float = Field(default=20.0, gt=0, le=1_000_000)
     burst: int = Field(default=40, ge=1, le=1_000_000)
+    # Progress streams (``/events``): how often each one reads the batch's counts (one
+    # statement per poll), and how long a quiet stream waits before a keep-alive comment.
+    events_interval_s: float = Field(default=1.0, ge=0.05, le=60)
+    events_keepalive_s: float = Field(default=15.0, gt=0, le=300)
 
     @property
     def max_body_bytes(self) -> int:

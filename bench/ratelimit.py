@@ -251,6 +251,8 @@ async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> Ou
                 if attempt == 5:
                     return  # exhausted: the job failed (loudly, unlike the seed)
                 await asyncio.sleep(min(1.0 * 2**attempt, 30.0) + rng.uniform(0.0, 0.5))
+            except openai.APIConnectionError:
+                return  # the seed retried only 429s: any other error failed the job
             else:
                 done[0] += 1
                 truncated[0] += answer.choices[0].finish_reason == "length"

@@ -16,7 +16,7 @@ from bulkgen.simulator import SimConfig, SimulatorProcess
 
 from .checks import assert_sound, wait_done
 from .conftest import enqueue
-from .harness import LEASE_S, Fleet, PostgresServer
+from .harness import LEASE_S, Fleet, PostgresServer, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -32,6 +32,11 @@ async def test_postgres_restarted_mid_batch(
     async with SimulatorProcess(sim) as simulator:
         fleet = make_fleet(simulator.base_url)
         workers = [fleet.spawn(), fleet.spawn()]
+
+        async def both_started() -> bool:  # a start during the outage is another scenario
+            return all("worker.started" in worker.output() for worker in workers)
+
+        await wait_until(both_started, "both workers to start")
         await wait_done(postgres.url, 30)
         await (postgres.stop() if outage == "fast_shutdown" else postgres.crash())
         await asyncio.sleep(LEASE_S * 1.5)  # every heartbeat goes stale meanwhile

@@ -26,7 +26,9 @@ class LookedUp(RedisCache):
     has missed (instead of sleeping and hoping they have)."""
 
     def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
-        super().__init__(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
+        # Generous: these tests are about single-flight, not about the guard's timeout,
+        # which on a loaded machine would turn a slow lookup into a bypass.
+        super().__init__(redis, ttl_s=60, timeout_ms=30_000, metrics=metrics)
         self.lookups = 0
         self._changed = asyncio.Event()
 
@@ -46,7 +48,7 @@ class LookedUp(RedisCache):
 def make_flight(
     redis: aioredis.Redis, metrics: Metrics, *, wait_s: float = 5.0, cache: RedisCache | None = None
 ) -> SingleFlight:
-    cache = cache or RedisCache(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
+    cache = cache or RedisCache(redis, ttl_s=60, timeout_ms=30_000, metrics=metrics)
     return SingleFlight(cache, redis, lock_ttl_s=10, wait_s=wait_s, metrics=metrics)
 
 

@@ -44,6 +44,13 @@ function follow(block) {
     bar.value = total ? data.done : 1;
     pct.textContent = (total ? Math.round((data.done / total) * 100) : 100) + "%";
     ended.textContent = String(data.done);
+    const counts = data.counts || {};
+    const live = { done: counts.done, failed: counts.failed, cancelled: counts.cancelled,
+      active: (counts.queued || 0) + (counts.generating || 0) };
+    document.querySelectorAll("[data-count]").forEach((el) => {
+      const value = live[el.dataset.count];
+      if (typeof value === "number") el.textContent = String(value);
+    });
     if (svg && typeof data.rate_jobs_per_s === "number") {
       points.push({ t: (performance.now() - started) / 1000, rate: data.rate_jobs_per_s });
       drawChart(svg, points);

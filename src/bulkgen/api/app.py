@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from bulkgen import __version__
 from bulkgen.api import batches, events, health, jobs, metrics
 from bulkgen.api.body_limit import BodyLimit
+from bulkgen.api.dashboard import mount_dashboard
 from bulkgen.api.errors import install_error_handlers
 from bulkgen.api.exporter import Exporter
 from bulkgen.api.rate_limit import build_account_limiter
@@ -62,5 +63,6 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> FastA
     app.include_router(jobs.router, responses=_RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    mount_dashboard(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -21,7 +21,7 @@ from bulkgen.api.errors import ApiError
 from bulkgen.api.rate_limit import AccountLimiter, retry_after_s
 from bulkgen.service import Services
 
-__all__ = ["CallerDep", "ServicesDep", "get_caller", "get_services", "limited_caller"]
+__all__ = ["CallerDep", "ServicesDep", "admit", "get_caller", "get_services", "limited_caller"]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -65,6 +65,13 @@ async def limited_caller(
     request: Request, caller: Annotated[Caller, Depends(get_caller)]
 ) -> Caller:
     """The authenticated caller, once its account's budget admits one more request."""
+    await admit(request, caller)
+    return caller
+
+
+async def admit(request: Request, caller: Caller) -> None:
+    """Spend one request of ``caller``'s budget, or raise 429: the API and the dashboard
+    share this, so a browser tab pays from the same budget as a script."""
     limiter: AccountLimiter = request.app.state.account_limiter
     wait_s = await limiter.admit(caller.id)
     if wait_s > 0:
@@ -77,7 +84,6 @@ async def limited_caller(
             f"too many requests for this account; retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )
-    return caller
 
 
 CallerDep = Annotated[Caller, Depends(limited_caller)]

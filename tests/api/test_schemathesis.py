@@ -7,6 +7,11 @@ in-process (httpx over ASGI) against a real PostgreSQL database, authenticated w
 key. A batch that has run to the end is seeded first, and path ids point at it (or at one
 of its jobs) half of the time, so the 200 answers are checked and not only the 404s.
 
+Requests go through httpx on the one event loop that owns the asyncpg pool, rather than
+schemathesis' own ASGI client (a Starlette TestClient runs the app on a loop of its own),
+and each operation is a plain hypothesis test over ``as_strategy()`` (the lazy
+``schemathesis.pytest.from_fixture`` loader does not run under pytest 9.2).
+
 The run is bounded (a fixed number of examples per operation, derandomized) so it stays a
 part of the ordinary suite.
 """

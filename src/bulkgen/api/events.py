@@ -127,7 +127,15 @@ def _final(sample: ProgressSample) -> str:
 
 _EVENTS_CONTENT = {
     "text/event-stream": {
-        "schema": {"type": "string"},
+        # Before OpenAPI 3.2 a stream's `schema` describes each event, not the whole text.
+        "schema": {
+            "type": "object",
+            "description": "One event: `progress` or, last, `end`; `data` is a JSON object.",
+            "properties": {
+                "event": {"type": "string", "enum": ["progress", "end"]},
+                "data": {"type": "string"},
+            },
+        },
         "example": 'event: progress\ndata: {"counts":{"queued":3,"generating":2,"done":5,'
         '"failed":0,"cancelled":0},"finished":false,"done":5,"total":10,'
         '"rate_jobs_per_s":2.5,"eta_s":2.0}\n\n: keep-alive\n\n'

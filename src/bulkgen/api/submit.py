@@ -23,7 +23,8 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from bulkgen.api.errors import ApiError
 from bulkgen.api.schemas import BatchRequest, Budget
@@ -111,8 +112,18 @@ def _json_draft(body: bytes) -> Draft:
     )
 
 
+async def _read_form(request: Request) -> FormData:
+    """The parsed form; Starlette's 400 for a malformed one (too many parts, a broken
+    boundary) becomes the documented 422 that says what is wrong."""
+    try:
+        return await request.form(max_files=1, max_fields=len(_FORM_FIELDS))
+    except HTTPException as exc:
+        raise _invalid(f"unreadable multipart form: {exc.detail}") from None
+
+
 async def _upload_draft(request: Request) -> Draft:
-    async with request.form(max_files=1, max_fields=len(_FORM_FIELDS)) as form:
+    form = await _read_form(request)
+    try:
         unknown = sorted(set(form.keys()) - _FORM_FIELDS)
         if unknown:
             raise _invalid(f"unknown form field(s): {', '.join(unknown)}", field=unknown[0])
@@ -124,6 +135,8 @@ async def _upload_draft(request: Request) -> Draft:
         options = _form_options(form.get("options"))
         template = _form_text(form.get("template"), "template")
         budget_text = _form_text(form.get("budget_usd"), "budget_usd")
+    finally:
+        await form.close()
     try:
         budget = None if budget_text is None else _BUDGET.validate_python(budget_text)
     except ValidationError as exc:

@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/ratelimit.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/api.py
 
 # Ten minutes or more: 20,000 jobs through a fleet losing a worker every 20 s.
 bench-soak: $(STAMP)

@@ -93,22 +93,19 @@ class Exporter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         readings = self._metrics.readings()
-        for name, rows in _by_name(readings.counters).items():
-            names = _label_names(rows)
-            counter = CounterMetricFamily(
-                prometheus_name(name), f"Counter {name}.", labels=[_label_name(n) for n in names]
-            )
-            for labels, value in rows:
-                counter.add_metric(_values(names, labels), value)
-            yield counter
-        for name, rows in _by_name(readings.gauges).items():
-            names = _label_names(rows)
-            gauge = GaugeMetricFamily(
-                prometheus_name(name), f"Gauge {name}.", labels=[_label_name(n) for n in names]
-            )
-            for labels, value in rows:
-                gauge.add_metric(_values(names, labels), value)
-            yield gauge
+        families = (
+            (readings.counters, CounterMetricFamily, "Counter"),
+            (readings.gauges, GaugeMetricFamily, "Gauge"),
+        )
+        for series, family_type, kind in families:
+            for name, rows in _by_name(series).items():
+                names = _label_names(rows)
+                family = family_type(
+                    prometheus_name(name), f"{kind} {name}.", labels=[_label_name(n) for n in names]
+                )
+                for labels, value in rows:
+                    family.add_metric(_values(names, labels), value)
+                yield family
         for name, rows in _by_name(readings.timings).items():
             names = _label_names(rows)
             summary = SummaryMetricFamily(

@@ -22,6 +22,7 @@ __all__ = [
     "counts_by_status",
     "is_finished",
     "read_batch_status",
+    "share_429",
 ]
 
 STATUSES = tuple(status.value for status in JobStatus)
@@ -43,10 +44,17 @@ class BatchStatus:
     cached: int
     usage: BatchUsage
     errors: tuple[ErrorKindCount, ...]
+    provider_requests: int = 0  # sent by its jobs, over every claim that wrote an outcome
+    provider_429s: int = 0  # of those, answered 429
 
     @property
     def finished(self) -> bool:
         return is_finished(self.counts)
+
+    @property
+    def provider_429_share(self) -> float | None:
+        """The part of its provider requests answered 429; None before the first one."""
+        return share_429(self.provider_requests, self.provider_429s)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (money as strings), the shape ``bulkgen status --json`` prints."""
@@ -61,8 +69,16 @@ class BatchStatus:
             "cached": self.cached,
             **self.usage.as_dict(),
             "budget_usd": None if record.budget_usd is None else str(record.budget_usd),
+            "provider_requests": self.provider_requests,
+            "provider_429s": self.provider_429s,
+            "provider_429_share": self.provider_429_share,
             "errors": {e.kind: e.jobs for e in self.errors},
         }
+
+
+def share_429(requests: int, answered_429: int) -> float | None:
+    """``answered_429`` of ``requests`` as a fraction, to four places; None without a request."""
+    return round(answered_429 / requests, 4) if requests else None
 
 
 def counts_by_status(jobs_by_status: Mapping[str, int]) -> dict[str, int]:
@@ -94,4 +110,6 @@ async def read_batch_status(
         cached=sum(c.cached for c in counts),
         usage=usage,
         errors=tuple(ErrorKindCount(kind, jobs, example) for kind, jobs, example in errors),
+        provider_requests=sum(c.provider_calls for c in counts),
+        provider_429s=sum(c.provider_429s for c in counts),
     )

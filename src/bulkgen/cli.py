@@ -364,9 +364,12 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
 
 
 def _status_cell(key: str, value: object) -> str:
-    """Counts with separators, money as USD, lists joined; nothing shown for "none"."""
+    """Counts with separators, money as USD, shares as percentages, lists joined; nothing
+    shown for "none"."""
     if isinstance(value, int):
         return f"{value:,}"
+    if key.endswith("_share") and isinstance(value, float):
+        return f"{value:.1%}"
     if key.endswith("_usd") and isinstance(value, str):
         return f"${Decimal(value):,.6f}"
     if isinstance(value, list):

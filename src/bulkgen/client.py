@@ -119,7 +119,8 @@ class Client:
 
     async def events(self, batch_id: BatchRef) -> AsyncIterator[dict[str, Any]]:
         """The batch's progress as it happens: dicts with ``event`` ("progress" or, last,
-        "end"), ``counts``, ``done``, ``total``, ``rate_jobs_per_s`` and ``eta_s``."""
+        "end"), ``counts``, ``done``, ``total``, ``rate_jobs_per_s``, ``eta_s``, the tokens so
+        far and ``provider_429_share``."""
         async with self._stream(f"/v1/batches/{batch_id}/events") as response:
             name, data = "message", ""
             async for line in response.aiter_lines():

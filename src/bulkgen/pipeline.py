@@ -25,6 +25,8 @@ from bulkgen.errors import (
     BudgetExceeded,
     BulkgenError,
     InputError,
+    QuotaExhausted,
+    RateLimited,
     RendererUnavailable,
     StorageError,
 )
@@ -69,14 +71,23 @@ class PipelineConfig:
 
 @dataclass
 class Receipt:
-    """What one provider call of a job was billed, once it answered (None: no answer)."""
+    """What one claim of a job sent to the provider: how many requests, how many of them
+    were answered 429, and what the last answer was billed (None: no answer)."""
 
     model: str = ""
     usage: Usage | None = None
+    calls: int = 0
+    calls_429: int = 0
 
     def answered(self, completion: Completion, model: str) -> None:
         self.model = completion.model or model
         self.usage = completion.usage
+
+    def stamped(self, outcome: Outcome) -> Outcome:
+        """``outcome`` carrying this claim's request counts, which its row adds up."""
+        if not self.calls:
+            return outcome
+        return dataclasses.replace(outcome, calls=self.calls, calls_429=self.calls_429)
 
 
 class Pipeline:
@@ -134,8 +145,11 @@ class Pipeline:
         )
 
     async def run(self, job: ClaimedJob, plan: BatchPlan) -> Outcome:
-        started = time.monotonic()
         receipt = Receipt()
+        return receipt.stamped(await self._run(job, plan, receipt))
+
+    async def _run(self, job: ClaimedJob, plan: BatchPlan, receipt: Receipt) -> Outcome:
+        started = time.monotonic()
         try:
             request = await self.build_request(job, plan)
             key = cache_key(
@@ -201,7 +215,12 @@ class Pipeline:
                     batch_id, request.model, prompt_tokens, request.max_tokens
                 )
             try:
-                completion = await self.provider.complete(request)
+                receipt.calls += 1
+                try:
+                    completion = await self.provider.complete(request)
+                except (RateLimited, QuotaExhausted):  # the provider's two kinds of 429
+                    receipt.calls_429 += 1
+                    raise
                 receipt.answered(completion, request.model)
                 await slot.record(completion)
             finally:

@@ -16,6 +16,7 @@ import uvicorn
 
 from bulkgen.api import ApiSettings, create_app
 from bulkgen.db.store import StatusCount
+from bulkgen.simulator import SimConfig
 
 from .conftest import Api, batch_uuid, drain
 
@@ -61,6 +62,56 @@ async def test_stream_of_a_finished_batch_matches_its_rows(api: Api, database_ur
     )
     assert end["counts"]["done"] == done == 3
     assert (end["done"], end["total"], end["finished"], end["status"]) == (3, 3, True, "done")
+    tokens, requests = await _usage(api, batch_uuid(created))
+    assert (end["prompt_tokens"], end["completion_tokens"]) == tokens
+    assert end["provider_requests"] == requests == 3  # the quick simulator never says 429
+    assert (end["provider_429s"], end["provider_429_share"]) == (0, 0.0)
+
+
+async def test_events_and_the_batch_carry_its_429_share(api: Api, database_url: str) -> None:
+    created = await api.submit([f"keyword {i}" for i in range(20)])
+    sim = SimConfig(
+        rpm=None,
+        tpm=None,
+        ttft_ms=5,
+        tokens_per_s=0,
+        faults={"429": 0.4},
+        seed=9,
+        fault_retry_after_ms=10,
+    )
+    await drain(database_url, sim, rate_limit_max_wait_s=60.0)
+    batch_id = batch_uuid(created)
+    done = "SELECT count(*) FROM jobs WHERE batch_id = $1 AND status = 'done'"
+    assert await api.count(done, batch_id) == 20
+    sent, answered_429 = await _calls(api, batch_id)
+    assert answered_429 > 0 and sent == 20 + answered_429  # each job: its 429s, then its answer
+    end = _events(
+        (await api.client.get(f"/v1/batches/{created['id']}/events", headers=api.acme)).text
+    )[-1][1]
+    detail = (await api.client.get(f"/v1/batches/{created['id']}", headers=api.acme)).json()
+    for figures in (end, detail):
+        assert (figures["provider_requests"], figures["provider_429s"]) == (sent, answered_429)
+        assert figures["provider_429_share"] == round(answered_429 / sent, 4)
+
+
+async def _usage(api: Api, batch_id: uuid.UUID) -> tuple[tuple[int, int], int]:
+    row = await _sums(api, batch_id)
+    return (row["p"], row["c"]), row["n"]
+
+
+async def _calls(api: Api, batch_id: uuid.UUID) -> tuple[int, int]:
+    row = await _sums(api, batch_id)
+    return row["n"], row["r"]
+
+
+async def _sums(api: Api, batch_id: uuid.UUID) -> dict[str, int]:
+    row = await api.services.store.pool.fetchrow(
+        "SELECT sum(prompt_tokens) AS p, sum(completion_tokens) AS c,"
+        " sum(provider_calls) AS n, sum(provider_429s) AS r FROM jobs WHERE batch_id = $1",
+        batch_id,
+    )
+    assert row is not None
+    return dict(row)
 
 
 async def test_stream_of_a_cancelled_batch_ends_cancelled(api: Api) -> None:

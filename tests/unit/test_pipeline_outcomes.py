@@ -13,7 +13,7 @@ from bulkgen.accounting import BudgetSeed
 from bulkgen.budget import BudgetLedger, MemoryLedger
 from bulkgen.cache import MemoryCache, SingleFlight
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow
-from bulkgen.errors import StorageError
+from bulkgen.errors import ProviderUnavailable, RateLimited, StorageError
 from bulkgen.limits import build_governor
 from bulkgen.metrics import Metrics
 from bulkgen.models import ChatRequest, Completion, Usage
@@ -135,3 +135,36 @@ async def test_a_database_blip_is_a_retry_without_an_attempt(renderer: TemplateR
     outcome = await pipeline.run(_job(1, uuid.uuid4()), PLAN)
     assert isinstance(outcome, RetryRow)
     assert (outcome.error_kind, outcome.burnt) == ("storage", 0)
+
+
+class ScriptedProvider(GatedProvider):
+    """Raises the errors it is given, one per call, then answers."""
+
+    def __init__(self, *errors: Exception) -> None:
+        super().__init__()
+        self.errors = list(errors)
+        self.release.set()
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        if self.errors:
+            self.calls += 1
+            raise self.errors.pop(0)
+        return await super().complete(request)
+
+
+async def test_each_outcome_carries_the_requests_it_sent_and_its_429s(
+    renderer: TemplateRenderer,
+) -> None:
+    async def no_cap(batch_id: uuid.UUID) -> BudgetSeed:
+        return BudgetSeed(None, Decimal(0))
+
+    provider = ScriptedProvider(
+        RateLimited("slow down", status_code=429), ProviderUnavailable("503", status_code=503)
+    )
+    pipeline = await _pipeline(no_cap, provider, renderer, wait_s=1)
+    batch_id = uuid.uuid4()
+    outcomes = [await pipeline.run(_job(1, batch_id), PLAN) for _ in range(4)]
+    # A 429, a 503, an answer, then the same request again: the cache answers, nothing sent.
+    assert [type(o).__name__ for o in outcomes] == ["RetryRow", "RetryRow", "DoneRow", "DoneRow"]
+    assert [(o.calls, o.calls_429) for o in outcomes] == [(1, 1), (1, 0), (1, 0), (0, 0)]
+    assert provider.calls == 3

@@ -5,8 +5,9 @@ The stream polls the database, not the workers: one cheap statement per poll
 shows the same thing whichever process runs the jobs, and an API process holds no state a
 load balancer would have to pin. It sends
 
-- ``event: progress`` whenever the counts changed since the last one (the first poll always
-  sends one), with the rate measured between that sample and the previous one;
+- ``event: progress`` whenever the figures changed since the last one (the first poll always
+  sends one), with the rate measured between that sample and the previous one, the tokens
+  so far and the 429 share of the batch's provider requests;
 - ``: keep-alive`` comment lines when nothing was sent for ``events_keepalive_s``, so a
   proxy's idle timeout does not cut a long, quiet batch;
 - one ``event: end`` when no job is queued or running any more; then the stream closes.
@@ -33,10 +34,10 @@ from bulkgen.api.batches import BatchId, owned_batch
 from bulkgen.api.deps import CallerDep, ServicesDep
 from bulkgen.api.schemas import ErrorResponse
 from bulkgen.api.settings import ApiSettings
-from bulkgen.batch_status import counts_by_status, is_finished
-from bulkgen.db.store import Store
+from bulkgen.batch_status import counts_by_status, is_finished, share_429
+from bulkgen.db.store import StatusCount, Store
 
-__all__ = ["ProgressSample", "progress_events", "router"]
+__all__ = ["Figures", "ProgressSample", "progress_events", "router"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,40 @@ KEEP_ALIVE = ": keep-alive\n\n"
 
 
 @dataclass(frozen=True, slots=True)
+class Figures:
+    """What else the same statement reads: tokens so far and the provider's answers."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    provider_requests: int = 0
+    provider_429s: int = 0
+
+    @classmethod
+    def of(cls, rows: list[StatusCount]) -> Figures:
+        return cls(
+            prompt_tokens=sum(r.prompt_tokens for r in rows),
+            completion_tokens=sum(r.completion_tokens for r in rows),
+            provider_requests=sum(r.provider_calls for r in rows),
+            provider_429s=sum(r.provider_429s for r in rows),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "provider_requests": self.provider_requests,
+            "provider_429s": self.provider_429s,
+            "provider_429_share": share_429(self.provider_requests, self.provider_429s),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ProgressSample:
     """Counts per status at one moment (``at_s`` on a monotonic clock)."""
 
     counts: dict[str, int]
     at_s: float
+    figures: Figures = Figures()
 
     @property
     def done(self) -> int:
@@ -82,7 +112,14 @@ class ProgressSample:
             "total": total,
             "rate_jobs_per_s": None if rate is None else round(rate, 3),
             "eta_s": None if eta_s is None else round(eta_s, 1),
+            **self.figures.as_dict(),
         }
+
+    def changed_since(self, previous: ProgressSample | None) -> bool:
+        return previous is None or (self.counts, self.figures) != (
+            previous.counts,
+            previous.figures,
+        )
 
 
 def sse_event(name: str, data: dict[str, Any]) -> str:
@@ -104,8 +141,9 @@ async def progress_events(
     try:
         while True:
             rows = await store.batch_counts(batch_id)
-            sample = ProgressSample(counts_by_status({r.status: r.jobs for r in rows}), clock())
-            if previous is None or sample.counts != previous.counts:
+            counts = counts_by_status({r.status: r.jobs for r in rows})
+            sample = ProgressSample(counts, clock(), Figures.of(rows))
+            if sample.changed_since(previous):
                 yield sse_event("progress", sample.payload(total, sample.rate_since(previous)))
                 previous, last_sent_s = sample, sample.at_s
             if sample.finished:
@@ -138,9 +176,11 @@ _EVENTS_CONTENT = {
         },
         "example": 'event: progress\ndata: {"counts":{"queued":3,"generating":2,"done":5,'
         '"failed":0,"cancelled":0},"finished":false,"done":5,"total":10,'
-        '"rate_jobs_per_s":2.5,"eta_s":2.0}\n\n: keep-alive\n\n'
+        '"rate_jobs_per_s":2.5,"eta_s":2.0,"prompt_tokens":450,"completion_tokens":4100,'
+        '"provider_requests":6,"provider_429s":1,"provider_429_share":0.1667}\n\n'
+        ": keep-alive\n\n"
         'event: end\ndata: {"counts":{...},"finished":true,"done":10,"total":10,'
-        '"rate_jobs_per_s":null,"eta_s":0.0,"status":"done"}\n\n',
+        '"rate_jobs_per_s":null,"eta_s":0.0,...,"status":"done"}\n\n',
     }
 }
 
@@ -165,8 +205,9 @@ _EVENTS_CONTENT = {
 async def batch_events(
     batch_id: BatchId, request: Request, services: ServicesDep, caller: CallerDep
 ) -> StreamingResponse:
-    """A `progress` event whenever the counts change (counts per status, done/total, the
-    rate in jobs/s since the previous event and an ETA), `: keep-alive` comments while
+    """A `progress` event whenever the figures change (counts per status, done/total, the
+    rate in jobs/s since the previous event and an ETA, tokens so far, provider requests
+    and how many were answered 429), `: keep-alive` comments while
     nothing changes, and a final `end` event (with `status`: done, failed, cancelled or
     mixed) when no job is queued or running; then the stream ends."""
     record = await owned_batch(services, caller, batch_id)

@@ -222,6 +222,9 @@ class BatchDetail(BaseModel):
             "template_version": "3f1c2a9b0d4e5f60",
             "rate_jobs_per_s": None,
             "eta_s": 0.0,
+            "provider_requests": 3,
+            "provider_429s": 1,
+            "provider_429_share": 0.3333,
         }
     )
     id: uuid.UUID
@@ -248,6 +251,14 @@ class BatchDetail(BaseModel):
         description="Seconds until no job is left to run at that rate: 0 once finished, "
         "null while there is no rate to go by."
     )
+    provider_requests: int = Field(
+        description="Requests its jobs sent to the provider, retries included (cache hits "
+        "and shared answers send none)."
+    )
+    provider_429s: int = Field(description="Of those, the ones answered 429.")
+    provider_429_share: float | None = Field(
+        description="provider_429s / provider_requests; null before the first request."
+    )
 
     @classmethod
     def of(cls, status: BatchStatus, rate_jobs_per_s: float | None = None) -> BatchDetail:
@@ -273,6 +284,9 @@ class BatchDetail(BaseModel):
             template_version=record.template_version,
             rate_jobs_per_s=None if rate_jobs_per_s is None else round(rate_jobs_per_s, 3),
             eta_s=0.0 if not left else (None if eta_s is None else round(eta_s, 1)),
+            provider_requests=status.provider_requests,
+            provider_429s=status.provider_429s,
+            provider_429_share=status.provider_429_share,
         )
 
 

@@ -36,7 +36,9 @@ SELECT status, count(*) AS jobs,
        coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
        coalesce(sum(completion_tokens), 0) AS completion_tokens,
        coalesce(sum(attempts), 0) AS attempts,
-       count(*) FILTER (WHERE cached) AS cached
+       count(*) FILTER (WHERE cached) AS cached,
+       coalesce(sum(provider_calls), 0) AS provider_calls,
+       coalesce(sum(provider_429s), 0) AS provider_429s
 FROM jobs WHERE batch_id = $1
 GROUP BY status
 """
@@ -186,9 +188,10 @@ JOBS_FINISH_DONE = """
 WITH d AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
                          $7::text[], $8::text[], $9::bool[], $10::int[], $11::int[],
-                         $12::text[], $13::int[], $14::int[])
+                         $12::text[], $13::int[], $14::int[], $15::int[], $16::int[])
         AS t(job_id, content, html, title, word_count, finish_reason, model, cached,
-             prompt_tokens, completion_tokens, cache_key, claim, cache_read_tokens)
+             prompt_tokens, completion_tokens, cache_key, claim, cache_read_tokens,
+             calls, calls_429)
 ),
 fin AS (
     UPDATE jobs j
@@ -196,6 +199,8 @@ fin AS (
         lease_owner = NULL, finished_at = now(),
         prompt_tokens = d.prompt_tokens, completion_tokens = d.completion_tokens,
         cache_read_tokens = d.cache_read_tokens,
+        provider_calls = j.provider_calls + d.calls,
+        provider_429s = j.provider_429s + d.calls_429,
         cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
     FROM d
     WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
@@ -217,11 +222,13 @@ SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END
     run_after = now() + make_interval(secs => d.delay_s),
     attempts = j.attempts + d.burnt, rate_limited_ms = j.rate_limited_ms + d.rate_limited_ms,
     max_tokens_grown = j.max_tokens_grown OR d.grow,
+    provider_calls = j.provider_calls + d.calls, provider_429s = j.provider_429s + d.calls_429,
     error_kind = CASE WHEN b.cancelled_at IS NULL THEN d.error_kind ELSE b.cancel_reason END,
     error_message = d.error_message
 FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::text[], $8::text[],
-            $9::int[])
-    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message, claim),
+            $9::int[], $10::int[], $11::int[])
+    AS d(job_id, delay_s, burnt, rate_limited_ms, grow, error_kind, error_message, claim,
+         calls, calls_429),
     batches b
 WHERE j.id = d.job_id AND b.id = j.batch_id
   AND j.lease_owner = $1 AND j.status = 'generating'
@@ -235,11 +242,12 @@ SET status = d.status, lease_owner = NULL, finished_at = now(),
     attempts = j.attempts + d.burnt, error_kind = d.error_kind, error_message = d.error_message,
     prompt_tokens = coalesce(d.prompt_tokens, j.prompt_tokens),
     completion_tokens = coalesce(d.completion_tokens, j.completion_tokens),
-    cache_read_tokens = coalesce(d.cache_read_tokens, j.cache_read_tokens)
+    cache_read_tokens = coalesce(d.cache_read_tokens, j.cache_read_tokens),
+    provider_calls = j.provider_calls + d.calls, provider_429s = j.provider_429s + d.calls_429
 FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::int[],
-            $9::int[], $10::int[])
+            $9::int[], $10::int[], $11::int[], $12::int[])
     AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens,
-         claim, cache_read_tokens)
+         claim, cache_read_tokens, calls, calls_429)
 WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
   AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id

@@ -58,6 +58,8 @@ class StatusCount:
     completion_tokens: int
     attempts: int
     cached: int
+    provider_calls: int = 0  # requests sent to the provider, over every claim
+    provider_429s: int = 0  # of those, answered 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class DoneRow:
     cache_key: str | None
     claim: int | None = None  # the claim it finishes (None: owner fence only)
     cache_read_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    calls: int = 0  # requests this claim sent to the provider
+    calls_429: int = 0  # of those, answered 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ class RetryRow:
     error_kind: str
     error_message: str
     claim: int | None = None
+    calls: int = 0
+    calls_429: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,8 @@ class FailedRow:
     completion_tokens: int | None = None
     claim: int | None = None
     cache_read_tokens: int | None = None
+    calls: int = 0
+    calls_429: int = 0
 
 
 class Store:
@@ -251,6 +259,8 @@ class Store:
                         r.error_kind,
                         pg_text(r.error_message[:2000]),
                         r.claim,
+                        r.calls,
+                        r.calls_429,
                     )
                     for r in rows
                 ],
@@ -277,6 +287,8 @@ class Store:
                         r.completion_tokens,
                         r.claim,
                         r.cache_read_tokens,
+                        r.calls,
+                        r.calls_429,
                     )
                     for r in rows
                 ],
@@ -357,6 +369,8 @@ def _done_tuple(r: DoneRow) -> tuple[object, ...]:
         r.cache_key,
         r.claim,
         r.cache_read_tokens,
+        r.calls,
+        r.calls_429,
     )
 
 

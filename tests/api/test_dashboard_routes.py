@@ -54,7 +54,13 @@ async def test_pages_are_scoped_to_the_session_account(api: Api) -> None:
     assert own.status_code == 200 and "of 2 jobs ended" in own.text
     listed = await api.client.get("/", headers=session(acme))
     assert created["id"] in listed.text
-    for path in (f"/batches/{created['id']}", f"/batches/{created['id']}/events"):
+    figures = await api.client.get(f"/batches/{created['id']}/figures", headers=session(acme))
+    assert figures.status_code == 200 and figures.headers["cache-control"] == "no-store"
+    api_view = await api.client.get(f"/v1/batches/{created['id']}", headers=api.acme)
+    assert figures.json() == api_view.json()  # the page's live figures are the API's
+    assert (await api.client.get(f"/batches/{created['id']}/figures")).status_code == 401
+    batch_paths = ("", "/events", "/figures")
+    for path in (f"/batches/{created['id']}{tail}" for tail in batch_paths):
         other = await api.client.get(path, headers=session(rival))
         assert other.status_code == 404, path
     assert created["id"] not in (await api.client.get("/", headers=session(rival))).text

@@ -38,8 +38,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
 CHROMIUM = os.environ.get("BULKGEN_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
-# Slow enough that the bar is seen moving, with some jobs failing for good.
-SIM = SimConfig(rpm=None, tpm=None, ttft_ms=150, faults={"insufficient_quota": 0.25}, seed=7)
+# Slow enough that the bar is seen moving and the page reads its figures more than once
+# while the batch runs (12 jobs, 2 at a time, half a second each: 3 s at the very least),
+# with some jobs failing for good.
+SIM = SimConfig(rpm=None, tpm=None, ttft_ms=500, faults={"insufficient_quota": 0.25}, seed=7)
+CONCURRENCY = 2
 KEYWORDS = [
     "sourdough starter",
     "cold brew at home",
@@ -88,7 +91,7 @@ async def server(database_url: str) -> AsyncIterator[Server]:
 async def drain(database_url: str) -> None:
     async with running_simulator(SIM) as base_url:
         worker_services = await open_services(
-            make_settings(database_url, base_url), metrics=Metrics()
+            make_settings(database_url, base_url, concurrency=CONCURRENCY), metrics=Metrics()
         )
         try:
             await worker_services.worker(burst=True).run()
@@ -139,6 +142,12 @@ async def test_sign_in_follow_a_batch_to_the_end_and_read_its_failures_and_artic
             await page.wait_for_url(f"**/batches/{batch_id}")
             assert (await page.locator(".state").text_content() or "").strip() == "running"
             worker = asyncio.create_task(drain(database_url))
+            # Cost is read again while the batch runs, not only once it has ended.
+            await page.wait_for_function(
+                "() => document.querySelector('.state').textContent.trim() === 'running'"
+                " && document.querySelector('[data-stat=cost]').textContent !== '$0.0000'",
+                timeout=120_000,
+            )
             await page.wait_for_function(
                 "() => { const p = document.querySelector('progress');"
                 " return p && p.max > 1 && p.value === p.max; }",
@@ -157,6 +166,9 @@ async def test_sign_in_follow_a_batch_to_the_end_and_read_its_failures_and_artic
             )
             assert failed_rows == failed_count > 0
             assert await page.locator("#failed code", has_text="insufficient_quota").count()
+            # Each quota failure is one request answered 429; every other job sent one request.
+            share = await page.locator("[data-stat=share429]").inner_text()
+            assert f"({failed_count} of {len(KEYWORDS)} requests)" in share, share
             await page.screenshot(path=ARTIFACTS / "3-batch-finished.png", full_page=True)
             await page.locator("#failed").screenshot(path=ARTIFACTS / "4-failed-jobs.png")
 

@@ -10,7 +10,8 @@ account-scoped queries of :mod:`bulkgen.db.account_scope`, so another account's 
 The ``/v1`` routes accept only the ``Authorization`` header, never the cookie: the API's
 contract stays what its OpenAPI schema says. The browser instead reaches the few things it
 needs through dashboard routes of its own: ``/batches/{id}/events`` (the API's event stream
-for a cookie holder) and ``POST /batches/{id}/retry``. Every POST here also checks that the
+for a cookie holder), ``/batches/{id}/figures`` (the batch's figures as JSON, read again
+while it runs) and ``POST /batches/{id}/retry``. Every POST here also checks that the
 request comes from this very origin (``Origin`` or ``Sec-Fetch-Site``), besides the
 ``SameSite=Strict`` cookie, so a form on another site cannot act for the account.
 
@@ -20,13 +21,20 @@ no inline code; a stored article is sanitized HTML, and the policy is a second w
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -46,6 +54,7 @@ from bulkgen.db.account_scope import (
     jobs_page,
 )
 from bulkgen.db.batch_rate import batch_recent_rate
+from bulkgen.service import Services
 
 __all__ = ["SESSION_COOKIE", "mount_dashboard", "router"]
 
@@ -163,6 +172,13 @@ async def sign_out(request: Request) -> Response:
     return response
 
 
+async def _batch_detail(services: Services, caller: Caller, batch_id: uuid.UUID) -> BatchDetail:
+    """What the batch page shows, read the way ``GET /v1/batches/{id}`` reads it."""
+    record = await owned_batch(services, caller, batch_id)
+    status = await read_batch_status(services.store, record, services.prices)
+    return BatchDetail.of(status, await batch_recent_rate(services.store, batch_id))
+
+
 @router.get("/batches/{batch_id}", response_class=HTMLResponse)
 async def batch_page(batch_id: BatchId, request: Request, services: ServicesDep) -> Response:
     """One batch: progress, usage, cost and savings, errors by kind, its failed jobs and
@@ -170,9 +186,7 @@ async def batch_page(batch_id: BatchId, request: Request, services: ServicesDep)
     caller = await _session_caller(request)
     if caller is None:
         return _to_sign_in()
-    record = await owned_batch(services, caller, batch_id)
-    status = await read_batch_status(services.store, record, services.prices)
-    detail = BatchDetail.of(status, await batch_recent_rate(services.store, batch_id))
+    detail = await _batch_detail(services, caller, batch_id)
     failed = await jobs_page(
         services.store, caller.id, batch_id, status="failed", after_id=0, limit=_JOBS_SHOWN
     )
@@ -200,6 +214,19 @@ async def batch_page_events(
     if caller is None:
         raise ApiError(401, "unauthorized", "sign in first")
     return await batch_events(batch_id, request, services, caller)
+
+
+@router.get("/batches/{batch_id}/figures")
+async def batch_page_figures(
+    batch_id: BatchId, request: Request, services: ServicesDep
+) -> JSONResponse:
+    """The batch's figures (what ``GET /v1/batches/{id}`` returns) for a cookie holder: the
+    page reads them again while the batch runs, so cost, tokens and the 429 share move."""
+    caller = await _session_caller(request)
+    if caller is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    detail = await _batch_detail(services, caller, batch_id)
+    return JSONResponse(detail.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 @router.post("/batches/{batch_id}/retry")

@@ -1,5 +1,6 @@
-// bulkgen dashboard: live progress bars from each batch's event stream, and a small
-// throughput chart on a batch's page. Plain JavaScript, no build step, no inline code.
+// bulkgen dashboard: live progress bars from each batch's event stream; on a batch's page a
+// small throughput chart and its figures (cost, tokens, 429 share) kept current while it
+// runs. Plain JavaScript, no build step, no inline code.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -26,6 +27,65 @@ function drawChart(svg, points) {
   svg.appendChild(path);
 }
 
+function usd(value) {
+  // As the server writes money: a dollar sign and four decimals.
+  return "$" + Number(value).toLocaleString("en-US", { minimumFractionDigits: 4, maximumFractionDigits: 4 });
+}
+
+function count(value) {
+  return Number(value).toLocaleString("en-US");
+}
+
+function setStat(name, text, small) {
+  const el = document.querySelector(`[data-stat="${name}"]`);
+  if (!el) return;
+  el.textContent = text;
+  if (small) {
+    const note = document.createElement("small");
+    note.textContent = " " + small;
+    el.appendChild(note);
+  }
+}
+
+function showFigures(batch) {
+  // batch: what GET /v1/batches/{id} returns.
+  const usage = batch.usage || {};
+  setStat("cost", usd(usage.cost_usd));
+  setStat("saved", usd(usage.saved_usd));
+  const hits = usage.cache_hits || 0;
+  setStat("cache", count(hits), batch.total ? `(${((hits / batch.total) * 100).toFixed(1)}%)` : "");
+  setStat("tokens", `${count(batch.prompt_tokens)} / ${count(batch.completion_tokens)}`);
+  showShare429(batch);
+}
+
+function showShare429(figures) {
+  if (typeof figures.provider_429_share !== "number") return;
+  setStat("share429", `${(figures.provider_429_share * 100).toFixed(1)}%`,
+    `(${count(figures.provider_429s)} of ${count(figures.provider_requests)} requests)`);
+  const el = document.querySelector('[data-stat="share429"]');
+  if (el) el.classList.toggle("warn", figures.provider_429s > 0);
+}
+
+// Cost needs the price table, so it comes from the server's figures, read again at most
+// every FIGURES_EVERY_MS while progress events arrive.
+const FIGURES_EVERY_MS = 2000;
+let figuresAt = 0;
+let figuresPending = false;
+
+function refreshFigures() {
+  const stats = document.querySelector(".stats[data-figures]");
+  if (!stats || figuresPending) return;
+  const wait = figuresAt + FIGURES_EVERY_MS - performance.now();
+  figuresPending = true;
+  window.setTimeout(() => {
+    fetch(stats.dataset.figures, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((batch) => { if (batch) showFigures(batch); })
+      .catch(() => {}) // the next progress event tries again
+      .finally(() => { figuresAt = performance.now(); figuresPending = false; });
+  }, Math.max(0, wait));
+}
+
 function follow(block) {
   const bar = block.querySelector("progress");
   const pct = block.querySelector(".pct");
@@ -50,7 +110,15 @@ function follow(block) {
     document.querySelectorAll("[data-count]").forEach((el) => {
       const value = live[el.dataset.count];
       if (typeof value === "number") el.textContent = String(value);
+      if (el.dataset.count === "failed") el.classList.toggle("bad", value > 0);
     });
+    if (document.body.dataset.page === "batch") {
+      if (typeof data.prompt_tokens === "number") {
+        setStat("tokens", `${count(data.prompt_tokens)} / ${count(data.completion_tokens)}`);
+      }
+      showShare429(data);
+      refreshFigures();
+    }
     if (svg && typeof data.rate_jobs_per_s === "number") {
       points.push({ t: (performance.now() - started) / 1000, rate: data.rate_jobs_per_s });
       drawChart(svg, points);

@@ -1,0 +1,19 @@
+-- The `done`-needs-a-result trigger looks its job's result up by primary key, always.
+--
+-- PL/pgSQL plans the trigger's lookup once per connection and keeps the plan. When that
+-- first plan is made while `results` looks empty (a fresh database just analysed, or one
+-- analysed after a prune), it is a sequential scan, and every job finished on that
+-- connection then reads the whole table, until autovacuum analyses it again and the
+-- connection happens to replan: finishing slows down as results pile up.
+--
+-- The lookup is one row by `job_id`, the primary key: the index is the right plan at any
+-- table size. With sequential scans off inside this function only, every plan it makes
+-- uses that index, whatever the statistics say; nothing else is planned differently.
+-- Chosen over planning the lookup afresh on every call (dynamic EXECUTE, or custom plans
+-- only), which costs a planning per finished job and still trusts stale statistics, and
+-- over moving the check elsewhere, which would change what the database guarantees.
+--
+-- The guarantee itself is unchanged: at commit, a `done` job has a result whose content
+-- has a non-blank character. Altering the function makes every connection recompile it,
+-- so plans cached before this migration are dropped.
+ALTER FUNCTION bulkgen_done_needs_result() SET enable_seqscan = off;

@@ -5,6 +5,9 @@
 anything is stored, so an empty or cut-off answer becomes a retryable
 :class:`~bulkgen.errors.InvalidOutput` instead of a silent empty success.
 
+An answer's Markdown is parsed once (:func:`parse_markdown`): the gate counts its words on the
+parse it returns, and :func:`format_article` renders that same parse.
+
 :func:`format_article` renders Markdown with ``markdown-it-py`` (CommonMark plus tables and
 strikethrough, raw HTML allowed through to the sanitiser) and sanitises the result with
 ``nh3``: scripts, styles, event-handler attributes and non-http(s)/mailto URLs never reach
@@ -14,7 +17,7 @@ the HTML that a dashboard or a CMS will display.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import nh3
@@ -24,7 +27,14 @@ from markdown_it.token import Token
 from bulkgen.errors import InvalidOutput
 from bulkgen.models import Completion
 
-__all__ = ["Article", "count_words", "format_article", "validate_completion"]
+__all__ = [
+    "Article",
+    "ParsedMarkdown",
+    "count_words",
+    "format_article",
+    "parse_markdown",
+    "validate_completion",
+]
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
 
@@ -55,6 +65,16 @@ class Article:
     word_count: int
 
 
+@dataclass(frozen=True)
+class ParsedMarkdown:
+    """An answer's Markdown, parsed once: what the gate counts and what formatting renders,
+    so the two can never disagree on the words, and the parser runs once per answer."""
+
+    source: str  # unwrapped from a whole-answer fence, trimmed
+    tokens: tuple[Token, ...]
+    word_count: int  # visible words: link targets and markup excluded
+
+
 def count_words(text: str) -> int:
     """Words in ``text``; Markdown punctuation (``#``, ``*``, ``-``, ``|``) is not counted."""
     return len(_WORD.findall(text))
@@ -76,7 +96,7 @@ def _inline_text(children: Iterable[Token]) -> str:
     return " ".join("".join(parts).split())
 
 
-def _title(tokens: list[Token]) -> str:
+def _title(tokens: Sequence[Token]) -> str:
     """Plain text of the first level-1 heading (ATX ``# `` or setext), or ``""``."""
     for index, token in enumerate(tokens[:-1]):
         if token.type == "heading_open" and token.tag == "h1":
@@ -85,7 +105,7 @@ def _title(tokens: list[Token]) -> str:
     return ""
 
 
-def _visible_text(tokens: list[Token]) -> str:
+def _visible_text(tokens: Sequence[Token]) -> str:
     parts: list[str] = []
     for token in tokens:
         if token.type == "inline":
@@ -106,26 +126,33 @@ def sanitize_html(html: str) -> str:
     )
 
 
-def format_article(markdown: str, *, fallback_title: str) -> Article:
-    """Render and sanitise ``markdown``; the title is its first ``# `` heading, else
-    ``fallback_title`` (usually the keyword). The heading stays in the HTML body.
+def parse_markdown(markdown: str) -> ParsedMarkdown:
+    """Parse ``markdown`` (a whole-answer fence unwrapped) and count its visible words."""
+    source = _unwrap(markdown)
+    tokens = tuple(_MARKDOWN.parse(source))
+    return ParsedMarkdown(source, tokens, count_words(_visible_text(tokens)))
+
+
+def format_article(markdown: str | ParsedMarkdown, *, fallback_title: str) -> Article:
+    """Render and sanitise ``markdown`` (source text, or the parse the gate returned); the
+    title is its first ``# `` heading, else ``fallback_title`` (usually the keyword). The
+    heading stays in the HTML body.
 
     ``word_count`` counts the visible text (link targets and markup excluded).
     """
-    source = _unwrap(markdown)
-    tokens = _MARKDOWN.parse(source)
-    html = sanitize_html(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
-    title = _title(tokens) or fallback_title.strip()
+    parsed = parse_markdown(markdown) if isinstance(markdown, str) else markdown
+    html = sanitize_html(_MARKDOWN.renderer.render(parsed.tokens, _MARKDOWN.options, {}))
     return Article(
-        title=title,
-        markdown=source,
+        title=_title(parsed.tokens) or fallback_title.strip(),
+        markdown=parsed.source,
         html=html,
-        word_count=count_words(_visible_text(tokens)),
+        word_count=parsed.word_count,
     )
 
 
-def validate_completion(completion: Completion, *, min_words: int) -> None:
-    """Raise :class:`InvalidOutput` unless ``completion`` may become a ``done`` job.
+def validate_completion(completion: Completion, *, min_words: int) -> ParsedMarkdown:
+    """Raise :class:`InvalidOutput` unless ``completion`` may become a ``done`` job; return
+    its parse, for :func:`format_article` to render without parsing it again.
 
     Checked in this order, so the most actionable reason wins: ``content_filter``
     (finish reason), ``truncated`` (finish reason ``length``, even with empty content,
@@ -142,6 +169,9 @@ def validate_completion(completion: Completion, *, min_words: int) -> None:
         )
     if not completion.content.strip():
         raise InvalidOutput("output is empty", reason="empty")
-    words = count_words(_visible_text(_MARKDOWN.parse(_unwrap(completion.content))))
-    if words < min_words:
-        raise InvalidOutput(f"output has {words} words, fewer than {min_words}", reason="too_short")
+    parsed = parse_markdown(completion.content)
+    if parsed.word_count < min_words:
+        raise InvalidOutput(
+            f"output has {parsed.word_count} words, fewer than {min_words}", reason="too_short"
+        )
+    return parsed

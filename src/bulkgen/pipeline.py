@@ -30,7 +30,7 @@ from bulkgen.errors import (
     RendererUnavailable,
     StorageError,
 )
-from bulkgen.formatting import format_article, validate_completion
+from bulkgen.formatting import ParsedMarkdown, format_article, validate_completion
 from bulkgen.intake import JobInput
 from bulkgen.limits import LimitKey, RateGovernor
 from bulkgen.metrics import Metrics
@@ -72,12 +72,14 @@ class PipelineConfig:
 @dataclass
 class Receipt:
     """What one claim of a job sent to the provider: how many requests, how many of them
-    were answered 429, and what the last answer was billed (None: no answer)."""
+    were answered 429, what the last answer was billed (None: no answer), and the parse of
+    the last answer that passed validation, which formatting renders."""
 
     model: str = ""
     usage: Usage | None = None
     calls: int = 0
     calls_429: int = 0
+    parsed: ParsedMarkdown | None = None
 
     def answered(self, completion: Completion, model: str) -> None:
         self.model = completion.model or model
@@ -161,10 +163,14 @@ class Pipeline:
             result, source = await self.singleflight.run(
                 key, lambda: self._paid(job.batch_id, request, receipt)
             )
-            if source != "provider" and not self._still_valid(result):
+            # Our own call's answer was validated (and parsed) in _paid; any other again.
+            parsed = receipt.parsed if source == "provider" else self._still_valid(result)
+            if parsed is None:
                 self.metrics.inc("cache.rejected")
                 result, source = await self._paid(job.batch_id, request, receipt), "provider"
-            article = format_article(result.content, fallback_title=job.input["keyword"])
+                parsed = receipt.parsed
+            assert parsed is not None  # _paid returns only what it validated
+            article = format_article(parsed, fallback_title=job.input["keyword"])
         except InputError as exc:
             return FailedRow(job.id, JobStatus.FAILED, 1, "invalid_input", str(exc))
         except BudgetExceeded as exc:
@@ -227,19 +233,19 @@ class Pipeline:
                 if self.budget is not None:
                     await self.budget.settle(held, receipt.model or request.model, receipt.usage)
         self.metrics.inc("provider.completions", model=request.model)
-        validate_completion(completion, min_words=self.config.min_words)
+        receipt.parsed = validate_completion(completion, min_words=self.config.min_words)
         return CachedResult.from_completion(completion)  # the provider fills in the model
 
-    def _still_valid(self, result: CachedResult) -> bool:
+    def _still_valid(self, result: CachedResult) -> ParsedMarkdown | None:
         """A cached or shared answer passes the same validation as a fresh one: an entry
         written under other rules (a lower ``min_words``, an older version) is regenerated
-        for this job rather than becoming ``done``, and never loops through retries."""
+        for this job rather than becoming ``done``, and never loops through retries.
+        Returns the answer's parse, or None when it no longer passes."""
         completion = Completion(result.content, result.usage, result.finish_reason, result.model)
         try:
-            validate_completion(completion, min_words=self.config.min_words)
+            return validate_completion(completion, min_words=self.config.min_words)
         except BulkgenError:
-            return False
-        return True
+            return None
 
     def _budget_wait(self, job: ClaimedJob, exc: BudgetContended) -> Outcome:
         """Snooze without an attempt, like a rate-limit wait and bounded by the same total:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bulkgen.errors import InvalidOutput
-from bulkgen.formatting import Article, count_words, format_article, validate_completion
+from bulkgen.formatting import (
+    Article,
+    ParsedMarkdown,
+    count_words,
+    format_article,
+    parse_markdown,
+    validate_completion,
+)
 from bulkgen.models import Completion, Usage
 
 ARTICLE = """# How to Brew **Green** Tea
@@ -177,3 +184,23 @@ def test_markup_does_not_count_towards_min_words() -> None:
 
 def test_unknown_finish_reason_with_content_is_accepted() -> None:
     validate_completion(completion("Tea is a fine drink.", "unknown"), min_words=3)
+
+
+def test_the_gate_returns_the_parse_that_formatting_renders() -> None:
+    """One parse serves both: the gate's word count is the article's, and rendering the
+    parse gives exactly what formatting the text gives."""
+    fenced = "```markdown\n" + ARTICLE + "\n```"
+    parsed = validate_completion(completion(fenced), min_words=20)
+    assert isinstance(parsed, ParsedMarkdown) and parsed == parse_markdown(fenced)
+    assert parsed.source == ARTICLE.strip()
+    from_text = format_article(fenced, fallback_title="tea")
+    assert format_article(parsed, fallback_title="tea") == from_text
+    assert (
+        parsed.word_count
+        == from_text.word_count
+        == count_words(
+            "How to Brew Green Tea Green tea rewards patience. Use water at about 80 °C, not"
+            " boiling. Steps Warm the pot. Steep for two minutes. Grade Temperature Sencha 75 °C"
+            " Read the guide for more."
+        )
+    )

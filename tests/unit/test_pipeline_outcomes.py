@@ -6,9 +6,11 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from bulkgen import formatting
 from bulkgen.accounting import BudgetSeed
 from bulkgen.budget import BudgetLedger, MemoryLedger
 from bulkgen.cache import MemoryCache, SingleFlight
@@ -168,3 +170,39 @@ async def test_each_outcome_carries_the_requests_it_sent_and_its_429s(
     assert [type(o).__name__ for o in outcomes] == ["RetryRow", "RetryRow", "DoneRow", "DoneRow"]
     assert [(o.calls, o.calls_429) for o in outcomes] == [(1, 1), (1, 0), (1, 0), (0, 0)]
     assert provider.calls == 3
+
+
+async def test_an_answer_is_parsed_once_whether_fresh_or_cached(
+    renderer: TemplateRenderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation and formatting share one parse: a fresh answer is parsed by the gate in
+    ``_paid`` only, a cached one by its second validation only; the row is what formatting
+    the text on its own gives."""
+
+    async def no_cap(batch_id: uuid.UUID) -> BudgetSeed:
+        return BudgetSeed(None, Decimal(0))
+
+    parses: list[str] = []
+    parse = formatting._MARKDOWN.parse
+
+    def counted(source: str, env: Any = None) -> Any:
+        parses.append(source)
+        return parse(source, env)
+
+    monkeypatch.setattr(formatting._MARKDOWN, "parse", counted)
+    provider = ScriptedProvider()
+    pipeline = await _pipeline(no_cap, provider, renderer, wait_s=1)
+    batch_id = uuid.uuid4()
+    fresh = await pipeline.run(_job(1, batch_id), PLAN)
+    assert len(parses) == 1
+    cached = await pipeline.run(_job(1, batch_id), PLAN)
+    assert len(parses) == 2 and provider.calls == 1
+    assert isinstance(fresh, DoneRow) and isinstance(cached, DoneRow) and cached.cached
+    expected = formatting.format_article("# T\n\n" + "word " * 50, fallback_title="keyword 1")
+    for row in (fresh, cached):
+        assert (row.content, row.html, row.title, row.word_count) == (
+            expected.markdown,
+            expected.html,
+            expected.title,
+            expected.word_count,
+        )

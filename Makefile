@@ -26,13 +26,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# The peers the benchmarks compare against (the bench group), on top of the dev install.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/enqueue.py
 	$(BIN)/python bench/claim.py
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/ratelimit.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/markdown.py
 	$(BIN)/python bench/api.py
 
 # Ten minutes or more: 20,000 jobs through a fleet losing a worker every 20 s.

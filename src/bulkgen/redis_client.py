@@ -16,12 +16,16 @@ caller wait (up to 2 s) for a free connection, while the cluster client holds
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
-__all__ = ["RedisClient", "cluster_url_problem", "open_redis"]
+__all__ = ["RedisClient", "cluster_url_problem", "discover", "open_redis"]
+
+logger = logging.getLogger("bulkgen.redis")
 
 RedisClient = Redis | RedisCluster
 
@@ -61,3 +65,20 @@ def open_redis(url: str, *, cluster: bool, max_connections: int) -> RedisClient:
         socket_connect_timeout=_TIMEOUT_S,
     )
     return Redis.from_pool(pool)  # the client owns (and closes) the pool
+
+
+async def discover(client: RedisClient) -> None:
+    """Learn a cluster's nodes and slots now, before the first burst of commands.
+
+    redis-py's cluster client otherwise does it on its first command, and many first
+    commands at once race in it: with redis-py 8.1 a connection can be closed under
+    another call, which then fails with an ``AttributeError`` that no Redis error handler
+    catches. A cluster unreachable now is logged and left to the first command, as
+    without this step; a single-server client needs nothing.
+    """
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        await client.initialize()
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning("redis.cluster_unreachable", extra={"error": repr(exc)})

@@ -34,7 +34,7 @@ from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import OpenAICompatProvider, Provider
-from bulkgen.redis_client import RedisClient, open_redis
+from bulkgen.redis_client import RedisClient, discover, open_redis
 from bulkgen.renderer import RenderLimits, TemplateRenderer
 from bulkgen.retry import RetryPolicy
 from bulkgen.settings import Settings
@@ -238,6 +238,7 @@ async def open_services(
         if settings.redis_url:
             redis = _redis_client(settings)
             stack.push_async_callback(redis.aclose)
+            await discover(redis)
         metrics = metrics or default_metrics
         if provider is None:
             provider = await _provider(settings, stack) if need_provider else NoProvider()

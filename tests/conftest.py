@@ -2,6 +2,11 @@
 
 With ``CI=true`` a test that needs a missing service fails; elsewhere it fails too unless
 ``BULKGEN_ALLOW_SKIP=1`` is set, so a green run always means the services were there.
+
+Redis comes in two modes. ``single`` is the server of ``BULKGEN_TEST_REDIS_URL``; a test
+marked ``redis_cluster`` runs a second time in ``cluster`` mode, against a three-master
+Redis Cluster the session starts on loopback ports (``tests/redis_cluster.py``) and stops
+at its end. ``redis_url``, ``redis_client`` and ``redis_connect`` follow the mode.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
+
+from bulkgen.redis_client import RedisClient
+from tests.redis_cluster import RedisConnect, connect, start_cluster
 
 REDIS_URL = os.environ.get("BULKGEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -26,10 +33,60 @@ def service_missing(what: str, exc: BaseException) -> None:
     pytest.fail(message)
 
 
+REDIS_MODES = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each ``redis_cluster`` test once per Redis mode."""
+    if "redis_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "redis_cluster"
+    ):
+        metafunc.parametrize("redis_mode", REDIS_MODES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A three-master Redis Cluster of this session's own: any node's URL."""
+    try:
+        cluster = start_cluster()
+    except Exception as exc:
+        service_missing("Redis Cluster (redis-server and redis-cli)", exc)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    """A real Redis database, flushed before and after the test."""
-    client = aioredis.Redis.from_url(REDIS_URL)
+def redis_mode(request: pytest.FixtureRequest) -> str:
+    """``single`` unless the test is marked ``redis_cluster`` (then both, in turn)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_target(redis_mode: str, request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(URL, whether it is a cluster) of this test's Redis."""
+    if redis_mode == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url")), True
+    return REDIS_URL, False
+
+
+@pytest.fixture
+def redis_connect(redis_target: tuple[str, bool]) -> RedisConnect:
+    """Opens another client on this test's Redis (the caller closes it), as another
+    worker process would have."""
+    url, cluster = redis_target
+    return lambda: connect(url, cluster=cluster)
+
+
+@pytest.fixture
+async def redis_url(
+    redis_target: tuple[str, bool], redis_connect: RedisConnect
+) -> AsyncIterator[str]:
+    """A real Redis database, flushed before and after the test. On the cluster,
+    ``FLUSHDB`` goes to every master (the cluster client sends it to each): the cluster is
+    this session's own, and holds only database 0."""
+    client = await redis_connect()
     try:
         await client.ping()
     except Exception as exc:
@@ -37,15 +94,15 @@ async def redis_url() -> AsyncIterator[str]:
         service_missing("Redis", exc)
     await client.flushdb()
     try:
-        yield REDIS_URL
+        yield redis_target[0]
     finally:
         await client.flushdb()
         await client.aclose()
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+async def redis_client(redis_url: str, redis_connect: RedisConnect) -> AsyncIterator[RedisClient]:
+    client = await redis_connect()
     try:
         yield client
     finally:
@@ -137,7 +194,9 @@ def module_database_url(pg_admin_url: str) -> Iterator[str]:
 # A test that reaches a service through one of these fixtures must carry that service's
 # marker, so ``-m "not redis"`` and friends select what they say.
 SERVICE_FIXTURES = {
-    "redis": frozenset({"redis_url", "redis_client"}),
+    "redis": frozenset(
+        {"redis_url", "redis_client", "redis_connect", "redis_target", "redis_cluster_url"}
+    ),
     "postgres": frozenset({"database_url", "module_database_url", "pg_admin_url"}),
 }
 

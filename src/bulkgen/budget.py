@@ -8,10 +8,10 @@ under-counted - never by more than one request's cost.
 
 Where the ledger lives:
 
-- **Redis** when there is one: a hash per batch (``spent``, ``reserved``, integer nano-USD)
-  changed only by Lua scripts, so the check and the add are one atomic step for the whole
-  fleet. The key carries a TTL refreshed on every reservation; once it lapses the next
-  worker seeds it again from the database.
+- **Redis** when there is one: a hash per batch (``spent``, ``reserved``, integer nano-USD,
+  key :func:`ledger_key`) changed only by Lua scripts, so the check and the add are one
+  atomic step for the whole fleet. The key carries a TTL refreshed on every reservation;
+  once it lapses the next worker seeds it again from the database.
 - **In-process** otherwise, with exactly the same rules (:func:`admit`).
 
 Seeding: the first reservation for a batch finds no ledger (``unseeded``); the worker then
@@ -45,14 +45,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Protocol
 
-from redis.asyncio import Redis
-
 from bulkgen.accounting import BudgetSeed
 from bulkgen.errors import BudgetContended, BudgetExceeded
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import Usage
 from bulkgen.pricing import PriceTable, default_price_table
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 __all__ = [
@@ -64,6 +63,7 @@ __all__ = [
     "RedisLedger",
     "Reservation",
     "admit",
+    "ledger_key",
     "to_nusd",
 ]
 
@@ -87,6 +87,13 @@ Decision = Literal["ok", "wait", "exceeded"]
 Answer = Literal["ok", "wait", "exceeded", "unseeded"]
 Book = Literal["redis", "local"]  # where a reservation was made, and so must be settled
 _CODES: dict[int, Answer] = {1: "ok", 0: "wait", -1: "exceeded", -2: "unseeded"}
+
+
+def ledger_key(batch_id: uuid.UUID) -> str:
+    """``bulkgen:budget:{<batch id>}``: the batch id is the Redis Cluster hash tag, so each
+    batch's ledger lives on one master and different batches spread over all of them (a
+    fleet-wide tag would put every reservation of every batch on one node)."""
+    return f"{KEY_PREFIX}{{{batch_id}}}"
 
 
 def to_nusd(amount_usd: Decimal) -> int:
@@ -192,7 +199,7 @@ class RedisLedger:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         ttl_s: int = LEDGER_TTL_S,
         guard: RedisGuard | None = None,
@@ -214,7 +221,7 @@ class RedisLedger:
     ) -> tuple[Answer, Book]:
         seed = "" if seed_nusd is None else str(seed_nusd)
         args = (str(amount_nusd), str(cap_nusd), seed, str(self._ttl_ms))
-        name = KEY_PREFIX + str(batch_id)
+        name = ledger_key(batch_id)
         async with self._calls:
             code = await self._guard.call(
                 "budget_reserve", lambda: self.redis.eval(_RESERVE_LUA, 1, name, *args)
@@ -243,7 +250,7 @@ class RedisLedger:
         if book == "local":
             await self.fallback.settle(batch_id, reserved_nusd, actual_nusd)
             return
-        name = KEY_PREFIX + str(batch_id)
+        name = ledger_key(batch_id)
         args = (str(reserved_nusd), str(actual_nusd))
         async with self._calls:
             # Forced past a back-off: a skipped settle would hold budget until the key expires.
@@ -253,7 +260,7 @@ class RedisLedger:
 
     async def spent_nusd(self, batch_id: uuid.UUID) -> int | None:
         """The fleet's recorded spend for a batch (tests and tools), None when unseeded."""
-        value = await self.redis.hget(KEY_PREFIX + str(batch_id), "spent")
+        value = await self.redis.hget(ledger_key(batch_id), "spent")
         return None if value is None else int(value)
 
 

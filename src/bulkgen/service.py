@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from bulkgen.budget import BudgetLedger, LedgerBackend, MemoryLedger, RedisLedger
 from bulkgen.cache import SingleFlight, build_cache
 from bulkgen.db.embedded import start_embedded
@@ -36,6 +34,7 @@ from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import OpenAICompatProvider, Provider
+from bulkgen.redis_client import RedisClient, discover, open_redis
 from bulkgen.renderer import RenderLimits, TemplateRenderer
 from bulkgen.retry import RetryPolicy
 from bulkgen.settings import Settings
@@ -72,7 +71,7 @@ class Services:
     singleflight: SingleFlight
     metrics: Metrics
     renderer: TemplateRenderer  # one per process; its children start on the first render
-    redis: aioredis.Redis | None = None
+    redis: RedisClient | None = None
     database_url: str = ""
     _closers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     budget: BudgetLedger | None = None  # one per process: every pipeline shares its ledger
@@ -203,18 +202,14 @@ async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Pro
     return provider
 
 
-def _redis_client(settings: Settings) -> aioredis.Redis:
-    """One bounded connection pool per process, like the database's: past
-    ``redis_pool_max`` callers wait for a free connection (at most 2 s, and within their
-    own timeouts) instead of failing at once, as redis-py's default pool does."""
-    pool = aioredis.BlockingConnectionPool.from_url(
+def _redis_client(settings: Settings) -> RedisClient:
+    """One bounded connection pool per process, like the database's (per node on a
+    cluster): see :mod:`bulkgen.redis_client`."""
+    return open_redis(
         settings.redis_url or "",
+        cluster=settings.redis_cluster,
         max_connections=settings.redis_pool_max,
-        timeout=2.0,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
     )
-    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
 
 async def open_services(
@@ -243,6 +238,7 @@ async def open_services(
         if settings.redis_url:
             redis = _redis_client(settings)
             stack.push_async_callback(redis.aclose)
+            await discover(redis)
         metrics = metrics or default_metrics
         if provider is None:
             provider = await _provider(settings, stack) if need_provider else NoProvider()
@@ -278,7 +274,7 @@ def _budget_ledger(
     settings: Settings,
     store: Store,
     prices: PriceTable,
-    redis: aioredis.Redis | None,
+    redis: RedisClient | None,
     metrics: Metrics,
 ) -> BudgetLedger:
     """Fleet-wide in Redis when there is one, per process otherwise; seeded from the store.

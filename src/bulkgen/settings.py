@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkgen.options import MaxTokens, ModelName
+from bulkgen.redis_client import cluster_url_problem
 
 
 def _checked_url(name: str, url: str) -> str:
@@ -56,7 +57,9 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0)
     db_command_timeout_s: float = Field(default=30.0, gt=0)
 
-    redis_pool_max: int = Field(default=64, ge=2, le=10_000)
+    # REDIS_URL names one node of a Redis Cluster, whose client finds the others.
+    redis_cluster: bool = False
+    redis_pool_max: int = Field(default=64, ge=2, le=10_000)  # per node on a cluster
 
     # Worker.
     # Jobs in flight per worker process. None = auto: follows the admitted rate and the
@@ -127,6 +130,17 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must start with postgresql:// or postgres://")
         return _checked_url("DATABASE_URL", value)
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_cluster_url(self) -> Settings:
+        if not self.redis_cluster:
+            return self
+        if self.redis_url is None:
+            raise ValueError("BULKGEN_REDIS_CLUSTER=true needs REDIS_URL (any node of the cluster)")
+        problem = cluster_url_problem(self.redis_url)
+        if problem is not None:
+            raise ValueError(f"REDIS_URL with BULKGEN_REDIS_CLUSTER=true: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from bulkgen.budget import KEY_PREFIX
+from bulkgen.budget import ledger_key
 from bulkgen.intake import JobInput
 from bulkgen.options import BatchOptions
 from bulkgen.service import Services
@@ -108,7 +108,7 @@ async def test_a_restarted_fleet_continues_from_what_was_spent(
             await svc.aclose()
         sent = await provider_requests(base_url)
         # The fleet's ledger is gone (Redis restarted) and the cancelled jobs come back.
-        assert await redis_client.delete(KEY_PREFIX + str(batch_id)) == 1
+        assert await redis_client.delete(ledger_key(batch_id)) == 1
         restarted = await start(settings)
         try:
             requeued = await restarted.store.pool.execute(

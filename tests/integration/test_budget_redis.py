@@ -8,20 +8,22 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from bulkgen.budget import KEY_PREFIX, LEDGER_TTL_S, RedisLedger
+from bulkgen.budget import LEDGER_TTL_S, RedisLedger, ledger_key
 from bulkgen.metrics import Metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import RedisGuard
+from tests.redis_cluster import RedisConnect
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.redis_cluster]
 
 
-async def test_unseeded_then_seeded_with_a_ttl(redis_client: aioredis.Redis) -> None:
+async def test_unseeded_then_seeded_with_a_ttl(redis_client: RedisClient) -> None:
     ledger = RedisLedger(redis_client)
     batch = uuid.uuid4()
     assert await ledger.reserve(batch, 10, 100, None) == ("unseeded", "redis")
     assert await ledger.reserve(batch, 10, 100, 85) == ("ok", "redis")
     assert await ledger.reserve(batch, 10, 100, 0) == ("wait", "redis")  # seed ignored now
-    ttl_s = await redis_client.ttl(KEY_PREFIX + str(batch))
+    ttl_s = await redis_client.ttl(ledger_key(batch))
     assert 0 < ttl_s <= LEDGER_TTL_S
     await ledger.settle(batch, 10, 4, "redis")
     assert await ledger.spent_nusd(batch) == 89
@@ -29,9 +31,9 @@ async def test_unseeded_then_seeded_with_a_ttl(redis_client: aioredis.Redis) -> 
 
 
 async def test_concurrent_reservations_from_two_ledgers_never_pass_the_cap(
-    redis_url: str,
+    redis_connect: RedisConnect,
 ) -> None:
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    clients = [await redis_connect() for _ in range(2)]
     try:
         # What is tested is the script's atomicity, not the guard: a generous timeout keeps
         # 300 calls queued on a loaded machine from being bypassed to a local ledger.
@@ -47,7 +49,7 @@ async def test_concurrent_reservations_from_two_ledgers_never_pass_the_cap(
         assert len(ok) == 1_000 // 7
         assert set(a for a, _ in answers) == {"ok", "wait"}
         await asyncio.gather(*(ledgers[i % 2].settle(batch, 7, 3, "redis") for i in range(len(ok))))
-        state = await clients[0].hgetall(KEY_PREFIX + str(batch))
+        state = await clients[0].hgetall(ledger_key(batch))
         assert state == {b"spent": str(3 * len(ok)).encode(), b"reserved": b"0"}
     finally:
         for client in clients:

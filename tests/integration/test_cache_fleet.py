@@ -7,15 +7,15 @@ import sys
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from bulkgen.cache import CachedResult, RedisCache, SingleFlight
 from bulkgen.cache.keys import lock_key
 from bulkgen.errors import ProviderTimeout
 from bulkgen.metrics import Metrics
 from bulkgen.models import Usage
+from bulkgen.redis_client import RedisClient
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.redis_cluster]
 
 KEY = "bulkgen:gen:" + "ab" * 32
 RESULT = CachedResult("An article about tea.", Usage(10, 20), "gpt-4o", "stop")
@@ -25,7 +25,7 @@ class LookedUp(RedisCache):
     """A Redis cache that counts lookups, so a producer can wait until every run in flight
     has missed (instead of sleeping and hoping they have)."""
 
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+    def __init__(self, redis: RedisClient, metrics: Metrics) -> None:
         # Generous: these tests are about single-flight, not about the guard's timeout,
         # which on a loaded machine would turn a slow lookup into a bypass.
         super().__init__(redis, ttl_s=60, timeout_ms=30_000, metrics=metrics)
@@ -46,13 +46,13 @@ class LookedUp(RedisCache):
 
 
 def make_flight(
-    redis: aioredis.Redis, metrics: Metrics, *, wait_s: float = 5.0, cache: RedisCache | None = None
+    redis: RedisClient, metrics: Metrics, *, wait_s: float = 5.0, cache: RedisCache | None = None
 ) -> SingleFlight:
     cache = cache or RedisCache(redis, ttl_s=60, timeout_ms=30_000, metrics=metrics)
     return SingleFlight(cache, redis, lock_ttl_s=10, wait_s=wait_s, metrics=metrics)
 
 
-async def test_concurrent_runs_in_one_process_produce_once(redis_client: aioredis.Redis) -> None:
+async def test_concurrent_runs_in_one_process_produce_once(redis_client: RedisClient) -> None:
     metrics = Metrics()
     cache = LookedUp(redis_client, metrics)
     flight = make_flight(redis_client, metrics, cache=cache)
@@ -74,7 +74,7 @@ async def test_concurrent_runs_in_one_process_produce_once(redis_client: aioredi
 
 
 async def test_two_flights_in_one_process_share_through_redis(
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
 ) -> None:
     """Separate SingleFlight objects only meet in Redis: the cross-process path, cheaply."""
     metrics = Metrics()
@@ -96,7 +96,7 @@ async def test_two_flights_in_one_process_share_through_redis(
     assert sorted(source for _, source in results) == ["provider", "shared"]
 
 
-async def test_failure_is_not_cached_and_lock_is_released(redis_client: aioredis.Redis) -> None:
+async def test_failure_is_not_cached_and_lock_is_released(redis_client: RedisClient) -> None:
     flight = make_flight(redis_client, Metrics())
     calls = 0
 
@@ -118,7 +118,7 @@ async def test_failure_is_not_cached_and_lock_is_released(redis_client: aioredis
     assert calls == 2
 
 
-async def test_empty_content_is_never_cached(redis_client: aioredis.Redis) -> None:
+async def test_empty_content_is_never_cached(redis_client: RedisClient) -> None:
     flight = make_flight(redis_client, Metrics())
     empty = CachedResult("", Usage(5, 0), "gpt-4o", "stop")
 
@@ -130,7 +130,7 @@ async def test_empty_content_is_never_cached(redis_client: aioredis.Redis) -> No
     assert await redis_client.exists(KEY) == 0
 
 
-async def test_stuck_lock_holder_bounds_the_wait(redis_client: aioredis.Redis) -> None:
+async def test_stuck_lock_holder_bounds_the_wait(redis_client: RedisClient) -> None:
     """A holder that never finishes: followers produce themselves after wait_s."""
     metrics = Metrics()
     await redis_client.set(lock_key(KEY), "someone-else", px=60_000)
@@ -148,7 +148,7 @@ async def test_stuck_lock_holder_bounds_the_wait(redis_client: aioredis.Redis) -
     assert await redis_client.get(KEY) is not None
 
 
-async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: aioredis.Redis) -> None:
+async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: RedisClient) -> None:
     """The holder gives up without a result: a waiter takes the lock and produces."""
     await redis_client.set(lock_key(KEY), "someone-else", px=60_000)
     flight = make_flight(redis_client, Metrics(), wait_s=10)
@@ -164,7 +164,7 @@ async def test_lock_freed_by_failed_holder_is_taken_over(redis_client: aioredis.
 
 
 async def test_a_lock_lost_while_producing_is_left_to_its_new_owner(
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
 ) -> None:
     """The lock expired under a slow holder and another process took it: the slow holder's
     answer still counts, it does not release the other's lock, and Redis is not treated
@@ -185,12 +185,13 @@ async def test_a_lock_lost_while_producing_is_left_to_its_new_owner(
 CHILD = """
 import asyncio, os, sys
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from bulkgen.cache import CachedResult, RedisCache, SingleFlight
 from bulkgen.metrics import Metrics
 from bulkgen.models import Usage
 
-async def main(url, key):
-    redis = aioredis.Redis.from_url(url)
+async def main(url, key, cluster):
+    redis = RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
     metrics = Metrics()
     cache = RedisCache(redis, ttl_s=60, timeout_ms=500, metrics=metrics)
     flight = SingleFlight(cache, redis, lock_ttl_s=10, wait_s=10, metrics=metrics)
@@ -220,16 +221,16 @@ async def main(url, key):
     print(source, result.content, result.usage.completion_tokens)
     await redis.aclose()
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "cluster"))
 """
 
 
 async def test_across_processes_produce_is_called_once(
-    redis_url: str, redis_client: aioredis.Redis
+    redis_url: str, redis_client: RedisClient, redis_mode: str
 ) -> None:
     children = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, redis_url, KEY, stdout=asyncio.subprocess.PIPE
+            sys.executable, "-c", CHILD, redis_url, KEY, redis_mode, stdout=asyncio.subprocess.PIPE
         )
         for _ in range(3)
     ]

@@ -6,14 +6,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from bulkgen.cache import CachedResult, RedisCache, build_cache, cache_key, cache_scope
 from bulkgen.metrics import Metrics
 from bulkgen.models import ChatRequest, Usage
+from bulkgen.redis_client import RedisClient
 from bulkgen.settings import Settings
+from tests.redis_cluster import RedisConnect
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.redis_cluster]
 
 RESULT = CachedResult("# Tea\n\nAn article about tea.", Usage(120, 480), "gpt-4o", "stop")
 REQUEST = ChatRequest(
@@ -28,7 +29,7 @@ def key_for(account_id: str, mode: str = "account") -> str:
     )
 
 
-async def test_round_trip_keeps_usage(redis_client: aioredis.Redis) -> None:
+async def test_round_trip_keeps_usage(redis_client: RedisClient) -> None:
     cache = RedisCache(redis_client, ttl_s=60, timeout_ms=500, metrics=Metrics())
     key = key_for("a1")
     assert await cache.get(key) is None
@@ -37,7 +38,7 @@ async def test_round_trip_keeps_usage(redis_client: aioredis.Redis) -> None:
     assert 0 < await redis_client.pttl(key) <= 60_000
 
 
-async def test_entry_expires_after_ttl(redis_client: aioredis.Redis) -> None:
+async def test_entry_expires_after_ttl(redis_client: RedisClient) -> None:
     cache = RedisCache(redis_client, ttl_s=1.0, timeout_ms=500, metrics=Metrics())
     await cache.put("bulkgen:gen:ttl", RESULT)
     assert await cache.get("bulkgen:gen:ttl") == RESULT  # read well within the TTL
@@ -46,7 +47,7 @@ async def test_entry_expires_after_ttl(redis_client: aioredis.Redis) -> None:
     assert await redis_client.exists("bulkgen:gen:ttl") == 0
 
 
-async def test_accounts_never_share_results(redis_client: aioredis.Redis) -> None:
+async def test_accounts_never_share_results(redis_client: RedisClient) -> None:
     metrics = Metrics()
     cache, flight = build_cache(Settings(cache_timeout_ms=500), redis_client, metrics)
     calls: list[str] = []
@@ -68,7 +69,7 @@ async def test_accounts_never_share_results(redis_client: aioredis.Redis) -> Non
     assert first != second
 
 
-async def test_global_scope_is_shared_when_opted_in(redis_client: aioredis.Redis) -> None:
+async def test_global_scope_is_shared_when_opted_in(redis_client: RedisClient) -> None:
     cache = RedisCache(redis_client, ttl_s=60, timeout_ms=500, metrics=Metrics())
     await cache.put(key_for("a1", "global"), RESULT)
     assert await cache.get(key_for("a2", "global")) == RESULT
@@ -76,7 +77,7 @@ async def test_global_scope_is_shared_when_opted_in(redis_client: aioredis.Redis
 
 
 @pytest.mark.parametrize("content", ["", "  \n "])
-async def test_blank_content_is_never_stored(redis_client: aioredis.Redis, content: str) -> None:
+async def test_blank_content_is_never_stored(redis_client: RedisClient, content: str) -> None:
     metrics = Metrics()
     cache = RedisCache(redis_client, ttl_s=60, timeout_ms=500, metrics=metrics)
     await cache.put("bulkgen:gen:empty", CachedResult(content, Usage(3, 0), "gpt-4o", "stop"))
@@ -84,7 +85,7 @@ async def test_blank_content_is_never_stored(redis_client: aioredis.Redis, conte
     assert metrics.total("cache.refused") == 1
 
 
-async def test_corrupt_entry_is_a_counted_miss(redis_client: aioredis.Redis) -> None:
+async def test_corrupt_entry_is_a_counted_miss(redis_client: RedisClient) -> None:
     metrics = Metrics()
     cache = RedisCache(redis_client, ttl_s=60, timeout_ms=500, metrics=metrics)
     await redis_client.set("bulkgen:gen:bad", b"\x00garbage")
@@ -92,11 +93,11 @@ async def test_corrupt_entry_is_a_counted_miss(redis_client: aioredis.Redis) -> 
     assert metrics.total("cache.corrupt") == 1
 
 
-async def test_hit_is_counted_and_served_across_clients(redis_url: str) -> None:
+async def test_hit_is_counted_and_served_across_clients(redis_connect: RedisConnect) -> None:
     """Two separate connections (as two workers would have) share entries."""
     metrics = Metrics()
-    one = aioredis.Redis.from_url(redis_url)
-    two = aioredis.Redis.from_url(redis_url)
+    one = await redis_connect()
+    two = await redis_connect()
     try:
         _, flight_1 = build_cache(Settings(cache_timeout_ms=500), one, metrics)
         _, flight_2 = build_cache(Settings(cache_timeout_ms=500), two, metrics)

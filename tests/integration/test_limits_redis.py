@@ -15,9 +15,11 @@ from bulkgen.limits import LimitKey, build_governor
 from bulkgen.limits.keys import PREFIX, redis_keys
 from bulkgen.metrics import Metrics
 from bulkgen.models import Completion, Usage
+from bulkgen.redis_client import RedisClient
 from bulkgen.settings import Settings
+from tests.redis_cluster import all_keys
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.redis_cluster]
 
 KEY = LimitKey("http://127.0.0.1:9/v1", "redis", "gpt-redis")
 
@@ -27,7 +29,7 @@ def completion(headers: dict[str, str] | None = None) -> Completion:
 
 
 async def test_learned_limits_are_shared_and_keys_are_prefixed(
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
 ) -> None:
     one = await build_governor(Settings(), redis_client, metrics=Metrics())
     two = await build_governor(Settings(), redis_client, metrics=Metrics())
@@ -37,13 +39,13 @@ async def test_learned_limits_are_shared_and_keys_are_prefixed(
     async with two.slot(KEY, 10) as slot:
         await slot.record(completion())
     assert two.policy(KEY).limit_rpm() == 900
-    keys = [k.decode() if isinstance(k, bytes) else k for k in await redis_client.keys("*")]
+    keys = await all_keys(redis_client, "*")
     assert keys and all(k.startswith(PREFIX) for k in keys)
     learned = [k for k in keys if k.endswith(":learned")]
     assert learned and 0 < await redis_client.pttl(learned[0]) <= 3_600_000
 
 
-async def test_pause_is_seen_by_another_governor(redis_client: aioredis.Redis) -> None:
+async def test_pause_is_seen_by_another_governor(redis_client: RedisClient) -> None:
     one = await build_governor(Settings(rpm=6_000), redis_client, metrics=Metrics())
     two = await build_governor(Settings(rpm=6_000), redis_client, metrics=Metrics())
     with pytest.raises(RateLimited):

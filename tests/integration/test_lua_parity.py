@@ -23,17 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
-from bulkgen.budget import MemoryLedger, RedisLedger, admit
+from bulkgen.budget import MemoryLedger, RedisLedger, admit, ledger_key
 from bulkgen.limits import redis_backend
 from bulkgen.limits.backend import AdmissionRequest, AdmissionResult, LocalBackend
 from bulkgen.limits.keys import LimitKey, redis_keys
 from bulkgen.limits.redis_backend import RedisBackend
 from bulkgen.metrics import Metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import RedisGuard
+from tests.redis_cluster import all_keys
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.redis_cluster]
 
 KEY = LimitKey("http://127.0.0.1:9/v1", "parity", "gpt-parity")
 EPOCH_S = 1_700_000_000  # the test clock reads EPOCH_S + t on both sides
@@ -56,7 +57,7 @@ class ManualClock:
 class ClockedScript:
     """A limiter script whose ``TIME`` is the test clock (passed as two extra ARGV)."""
 
-    def __init__(self, client: aioredis.Redis, source: str, clock: ManualClock) -> None:
+    def __init__(self, client: RedisClient, source: str, clock: ManualClock) -> None:
         assert source.count(CLOCK_CALL) == 1, "the script reads the clock once"
         self._script = client.register_script(
             source.replace(CLOCK_CALL, "{ARGV[#ARGV - 1], ARGV[#ARGV]}")
@@ -195,7 +196,7 @@ GCRA_CASES = [
 
 @pytest.fixture
 async def redis_backend_pair(
-    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[ManualClock, LocalBackend, RedisBackend]]:
     clock = ManualClock()
     local = LocalBackend(clock)
@@ -240,15 +241,15 @@ def _comparable(result: AdmissionResult, *, mark_unit_s: float) -> tuple[Any, ..
     )
 
 
-async def _persist(client: aioredis.Redis) -> None:
-    for name in await client.keys("bulkgen:limit:*"):
+async def _persist(client: RedisClient) -> None:
+    for name in await all_keys(client, "bulkgen:limit:*"):
         await client.persist(name)
 
 
 @pytest.mark.parametrize("case", GCRA_CASES, ids=[c.name for c in GCRA_CASES])
 async def test_admission_in_lua_decides_as_the_python_rules(
     case: Case,
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
     redis_backend_pair: tuple[ManualClock, LocalBackend, RedisBackend],
 ) -> None:
     clock, local, shared = redis_backend_pair
@@ -284,7 +285,7 @@ async def test_admission_in_lua_decides_as_the_python_rules(
 
 
 async def test_the_stored_budget_is_the_python_budget(
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
     redis_backend_pair: tuple[ManualClock, LocalBackend, RedisBackend],
 ) -> None:
     """After admissions the theoretical arrival times in Redis are the ones GCRA computes."""
@@ -339,13 +340,13 @@ RESERVE_CASES = [
 
 
 @pytest.fixture
-def ledger(redis_client: aioredis.Redis) -> RedisLedger:
+def ledger(redis_client: RedisClient) -> RedisLedger:
     return RedisLedger(redis_client, guard=RedisGuard(timeout_ms=30_000, metrics=Metrics()))
 
 
 @pytest.mark.parametrize(("spent", "reserved", "amount", "cap"), RESERVE_CASES)
 async def test_reserve_in_lua_decides_as_admit(
-    redis_client: aioredis.Redis,
+    redis_client: RedisClient,
     ledger: RedisLedger,
     spent: int,
     reserved: int,
@@ -353,7 +354,7 @@ async def test_reserve_in_lua_decides_as_admit(
     cap: int,
 ) -> None:
     batch_id = uuid.uuid4()
-    name = f"bulkgen:budget:{batch_id}"
+    name = ledger_key(batch_id)
     await redis_client.hset(name, mapping={"spent": spent, "reserved": reserved})
     answer, book = await ledger.reserve(batch_id, amount, cap, None)
     assert book == "redis"

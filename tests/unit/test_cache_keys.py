@@ -35,7 +35,7 @@ def key(
 
 
 def test_key_has_prefix_and_sha256_hex() -> None:
-    assert re.fullmatch(re.escape(KEY_PREFIX) + "[0-9a-f]{64}", key())
+    assert re.fullmatch(re.escape(KEY_PREFIX) + r"\{[0-9a-f]{64}\}", key())
 
 
 def test_key_is_stable_across_calls() -> None:

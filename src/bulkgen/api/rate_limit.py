@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-
 from bulkgen.limits.gcra import Gcra
 from bulkgen.metrics import Metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import BYPASSED, BypassPolicy, RedisGuard
 
 __all__ = [
@@ -129,7 +128,7 @@ class RedisAccountLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         rate: AccountRate,
         *,
         metrics: Metrics,
@@ -163,7 +162,7 @@ class RedisAccountLimiter:
 
 
 def build_account_limiter(
-    redis: Redis | None, rate: AccountRate, *, metrics: Metrics
+    redis: RedisClient | None, rate: AccountRate, *, metrics: Metrics
 ) -> AccountLimiter:
     if redis is None:
         return LocalAccountLimiter(rate)

@@ -9,20 +9,19 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from bulkgen.cache.memory import MemoryCache, NullCache
 from bulkgen.cache.redis_cache import RedisCache
 from bulkgen.cache.result import ResultCache
 from bulkgen.cache.singleflight import SingleFlight
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import RedisGuard
 from bulkgen.settings import Settings
 
 
 def build_cache(
-    settings: Settings, redis: Redis | None, metrics: Metrics = default_metrics
+    settings: Settings, redis: RedisClient | None, metrics: Metrics = default_metrics
 ) -> tuple[ResultCache, SingleFlight]:
     """The cache and single-flight for ``settings``.
 

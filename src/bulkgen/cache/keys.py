@@ -6,6 +6,11 @@ so one customer never receives another's article), the provider base URL, the mo
 rendered messages, every generation option and the prompt template's version - and the
 JSON it hashes is canonical (sorted keys, no whitespace, ``1 == 1.0``, ``0.70 == 0.7``),
 so the order in which options were given never splits the cache.
+
+In Redis the digest is the key's hash tag (``bulkgen:gen:{<sha256>}``), and the
+single-flight lock carries the same one: an entry and its lock sit in one Redis Cluster
+slot, so a script or transaction touching both stays legal there, while distinct requests
+still spread over every master.
 """
 
 from __future__ import annotations
@@ -91,14 +96,15 @@ def canonical_json(
 
 
 def cache_key(*, scope: str, base_url: str, request: ChatRequest, template_version: str) -> str:
-    """``bulkgen:gen:<sha256>`` of the canonical request; equal only for equal outputs."""
+    """``bulkgen:gen:{<sha256>}`` of the canonical request; equal only for equal outputs."""
     text = canonical_json(
         scope=scope, base_url=base_url, request=request, template_version=template_version
     )
-    return KEY_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f"{KEY_PREFIX}{{{hashlib.sha256(text.encode('utf-8')).hexdigest()}}}"
 
 
 def lock_key(key: str) -> str:
-    """The single-flight lock name for a cache key; kept outside the ``bulkgen:gen:`` space."""
+    """The single-flight lock name for a cache key; kept outside the ``bulkgen:gen:`` space,
+    with the cache key's hash tag (``{<sha256>}``), so both hash to the same slot."""
     digest = key.removeprefix(KEY_PREFIX)
     return LOCK_PREFIX + digest

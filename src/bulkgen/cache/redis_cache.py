@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
-
 from bulkgen.cache.memory import refuse_empty
 from bulkgen.cache.result import CachedResult, decode, encode
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 logger = logging.getLogger("bulkgen.cache")
@@ -24,7 +23,7 @@ class RedisCache:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         ttl_s: float,
         timeout_ms: int = 50,
         metrics: Metrics = default_metrics,

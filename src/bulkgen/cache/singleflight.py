@@ -32,7 +32,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockNotOwnedError
 
@@ -40,6 +39,7 @@ from bulkgen.cache.keys import lock_key
 from bulkgen.cache.result import CachedResult, ResultCache
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import BYPASSED, RedisGuard
 
 Source = Literal["cache", "shared", "provider"]
@@ -52,7 +52,7 @@ class SingleFlight:
     def __init__(
         self,
         cache: ResultCache,
-        redis: Redis | None,
+        redis: RedisClient | None,
         *,
         lock_ttl_s: float = 120.0,
         wait_s: float = 30.0,
@@ -177,7 +177,7 @@ async def _release_if_owned(lock: Lock) -> None:
         return
 
 
-def _guard_of(cache: ResultCache, redis: Redis | None) -> RedisGuard | None:
+def _guard_of(cache: ResultCache, redis: RedisClient | None) -> RedisGuard | None:
     """Share the cache's guard when both talk to the same Redis: one health state, one
     back-off, so a dead Redis costs one timeout per window, not one per operation."""
     guard = getattr(cache, "guard", None)

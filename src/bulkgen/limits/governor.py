@@ -28,8 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from bulkgen.errors import (
     ProviderConnectionError,
     ProviderTimeout,
@@ -52,6 +50,7 @@ from bulkgen.limits.redis_backend import RedisBackend
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import Completion
+from bulkgen.redis_client import RedisClient
 from bulkgen.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -339,7 +338,7 @@ def governor_config(settings: Settings, *, max_concurrency: int | None = None) -
 
 async def build_governor(
     settings: Settings,
-    redis: Redis | None,
+    redis: RedisClient | None,
     *,
     max_concurrency: int | None = None,
     config: GovernorConfig | None = None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from bulkgen.limits.backend import (
@@ -32,6 +31,7 @@ from bulkgen.limits.backend import (
 )
 from bulkgen.limits.keys import LimitKey, redis_keys
 from bulkgen.metrics import Metrics
+from bulkgen.redis_client import RedisClient
 from bulkgen.redis_guard import BYPASSED, BypassPolicy, RedisGuard
 
 T = TypeVar("T")
@@ -144,7 +144,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         fallback: LocalBackend,
         *,
         clock: Callable[[], float],

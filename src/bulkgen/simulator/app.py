@@ -1,5 +1,12 @@
 """The simulator as a raw ASGI application (no framework: it must serve >1,000 req/s).
 
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, the Files and Batch APIs
+(``/v1/files...``, ``/v1/batches...``: :mod:`batch_api`), all behind the API key when one
+is set; and the control routes, open: ``GET``/``POST /_sim/config`` (read or change any
+setting live, ``{"batch": {...}}`` included), ``GET /_sim/stats`` (chat counters, and
+under ``batch`` the file uploads, batch creations, Files/Batch calls and batch rows run),
+``POST /_sim/reset-stats``.
+
 Order of checks per chat request, as OpenAI answers: authentication (401), validation
 (400/404), then one fault draw, then a gateway's 401 (``echo_auth``), then quota
 (``insufficient_quota``), then the rate limits (429), then server faults (5xx, hang,
@@ -21,6 +28,7 @@ from typing import Any
 
 from bulkgen.simulator import completion, protocol
 from bulkgen.simulator.asgi import Headers, Receive, Scope, Send, read_body, respond
+from bulkgen.simulator.batch_api import BatchApi, BatchStats
 from bulkgen.simulator.config import ConfigError, SimConfig, apply_changes
 from bulkgen.simulator.faults import FaultPicker
 from bulkgen.simulator.prompt_cache import PromptCache
@@ -41,6 +49,7 @@ class SimulatorApp:
         self.stats = SimStats()
         self._served = 0
         self._prompt_cache = PromptCache()
+        self.batches = BatchApi(config, clock)
         self._install(config)
 
     @property
@@ -50,6 +59,7 @@ class SimulatorApp:
     def _install(self, config: SimConfig) -> None:
         """Swap in a config; buckets restart full and RNGs restart from the seed."""
         self._config = config
+        self.batches.configure(config)
         self._limiters: dict[str, ModelLimiter] = {}
         self._faults = FaultPicker(config.seed, config.faults)
         self._latency_rng = random.Random(f"latency:{config.seed}")
@@ -92,6 +102,11 @@ class SimulatorApp:
             await self._chat(scope, receive, send)
         elif route == ("GET", "/v1/models"):
             await self._models(scope, send)
+        elif BatchApi.serves(route[1]):
+            if self._authorized(scope):
+                await self.batches.handle(scope, receive, send)
+            else:
+                await self._unauthorized(send)
         elif route[1].startswith("/_sim/"):
             await self._control(route, receive, send)
         else:
@@ -285,9 +300,11 @@ class SimulatorApp:
                 return
             await respond(send, 200, json.dumps(self._config.to_json()).encode())
         elif route == ("GET", "/_sim/stats"):
-            await respond(send, 200, json.dumps(self.stats.to_json()).encode())
+            stats = {**self.stats.to_json(), "batch": self.batches.stats.to_json()}
+            await respond(send, 200, json.dumps(stats).encode())
         elif route == ("POST", "/_sim/reset-stats"):
             self.stats = SimStats()
+            self.batches.stats = BatchStats()
             await respond(send, 200, b"{}")
         else:
             await respond(send, 404, protocol.error_body("Unknown path", "not_found", None))

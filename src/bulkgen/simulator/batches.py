@@ -51,6 +51,15 @@ MAX_LISTED_ERRORS = 100  # a file with a million bad lines fails with this many 
 ACTIVE = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 TERMINAL = frozenset({"completed", "expired", "cancelled", "failed"})
 _EPSILON = 1e-9
+_MOMENTS = (
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
 _UNRUN = {
     "expired": (
         "batch_expired",
@@ -204,9 +213,13 @@ def model_of(lines: Iterable[InputLine]) -> str | None:
 
 
 def plan_rows(
-    lines: list[InputLine], batch_id: str, seed: int, config: BatchConfig, models: tuple[str, ...],
+    lines: list[InputLine],
+    batch_id: str,
+    seed: int,
+    config: BatchConfig,
+    models: tuple[str, ...],
     default_max_tokens: int,
-) -> list[Row]:  # fmt: skip
+) -> list[Row]:
     """The rows in the order they will run (a seeded shuffle), each with its fault drawn."""
     order = list(range(len(lines)))
     random.Random(f"batch-order:{seed}:{batch_id}").shuffle(order)
@@ -353,8 +366,7 @@ class Batch:
             "created_at": self.created_at,
             "expires_at": self.epoch_s(self.created_sim_s + self.pace.window_s),
         }
-        for name in ("in_progress_at", "finalizing_at", "completed_at", "failed_at",
-                     "expired_at", "cancelling_at", "cancelled_at"):  # fmt: skip
+        for name in _MOMENTS:
             moment = phase.moments_s.get(name)
             body[name] = None if moment is None else self.epoch_s(moment)
         if phase.status == "failed" and self.errors:
@@ -406,9 +418,9 @@ def run_rows(batch: Batch, phase: Phase) -> Results:
     cache = PromptCache() if batch.prompt_cache else None
     for index, row in enumerate(batch.rows[: phase.rows_done]):
         status, body = _answer(batch, index, row, cache, results)
-        line = _line(batch, index, row.custom_id, {
-            "status_code": status, "request_id": _request_id(batch.id, row.custom_id), "body": body,
-        }, None)  # fmt: skip
+        request_id = _request_id(batch.id, row.custom_id)
+        response = {"status_code": status, "request_id": request_id, "body": body}
+        line = _line(batch, index, row.custom_id, response, None)
         (output if status == 200 else errors).append(line)
     unrun = _UNRUN.get(phase.status)
     if unrun is not None:

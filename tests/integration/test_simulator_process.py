@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import openai
 import pytest
 import uvicorn
 
-from bulkgen.simulator import SimConfig, SimulatorApp, SimulatorProcess
+from bulkgen.simulator import BatchConfig, SimConfig, SimulatorApp, SimulatorProcess
 from bulkgen.simulator.server import _ManagedServer, uvicorn_config
 
 
@@ -65,3 +68,35 @@ def test_a_managed_simulator_leaves_ctrl_c_to_its_parent() -> None:
     standalone = uvicorn.Server(uvicorn_config(app, fast_loop=False))
     standalone.handle_exit(signal.SIGINT, None)  # `bulkgen simulate` stops on Ctrl-C
     assert standalone.should_exit
+
+
+async def test_a_simulator_process_runs_batches_at_the_pace_it_was_given() -> None:
+    """The batch settings reach the child process through its command line."""
+    batch = BatchConfig(time_scale=1000.0, validating_s=1.0, finalizing_s=1.0, max_requests=2)
+    lines = [
+        {
+            "custom_id": f"r{index}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "Keyword: kites"}],
+            },
+        }
+        for index in range(3)
+    ]
+    content = "\n".join(json.dumps(line) for line in lines).encode()
+    async with (
+        SimulatorProcess(SimConfig(batch=batch, faults={})) as sim,
+        openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-x", max_retries=0) as client,
+    ):
+        uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+        created = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 60.0
+        while (found := await client.batches.retrieve(created.id)).status == "validating":
+            assert time.monotonic() < deadline, "batch stuck validating"
+            await asyncio.sleep(0.01)
+    assert found.status == "failed" and found.errors is not None and found.errors.data
+    assert found.errors.data[0].code == "too_many_requests"

@@ -17,6 +17,7 @@ from bulkgen.simulator.tokens import count_tokens, prompt_tokens
 def test_public_surface_is_pinned() -> None:
     assert simulator.__all__ == [
         "FAULT_KINDS",
+        "BatchConfig",
         "ConfigError",
         "SimConfig",
         "SimulatorApp",

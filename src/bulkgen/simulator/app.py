@@ -1,5 +1,12 @@
 """The simulator as a raw ASGI application (no framework: it must serve >1,000 req/s).
 
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, the Files and Batch APIs
+(``/v1/files...``, ``/v1/batches...``: :mod:`batch_api`), all behind the API key when one
+is set; and the control routes, open: ``GET``/``POST /_sim/config`` (read or change any
+setting live, ``{"batch": {...}}`` included), ``GET /_sim/stats`` (chat counters, and
+under ``batch`` the file uploads, batch creations, Files/Batch calls and batch rows run),
+``POST /_sim/reset-stats``.
+
 Order of checks per chat request, as OpenAI answers: authentication (401), validation
 (400/404), then one fault draw, then a gateway's 401 (``echo_auth``), then quota
 (``insufficient_quota``), then the rate limits (429), then server faults (5xx, hang,
@@ -16,11 +23,12 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
-from bulkgen.simulator import protocol
-from bulkgen.simulator.article import cut_to_tokens, write_article
+from bulkgen.simulator import completion, protocol
+from bulkgen.simulator.asgi import Headers, Receive, Scope, Send, read_body, respond
+from bulkgen.simulator.batch_api import BatchApi, BatchStats
 from bulkgen.simulator.config import ConfigError, SimConfig, apply_changes
 from bulkgen.simulator.faults import FaultPicker
 from bulkgen.simulator.prompt_cache import PromptCache
@@ -29,13 +37,6 @@ from bulkgen.simulator.ratelimit import Decision, ModelLimiter
 from bulkgen.simulator.stats import SimStats
 from bulkgen.simulator.tokens import count_tokens
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-
-_SERVER_FAULTS = {"500": "Internal server error", "502": "Bad gateway", "503": "Overloaded"}
 _CONNECTION_FAULTS = frozenset({"500", "502", "503", "hang", "reset"})
 _LIMITER_FIELDS = ("rpm", "tpm", "burst_s", "time_scale")
 
@@ -48,6 +49,7 @@ class SimulatorApp:
         self.stats = SimStats()
         self._served = 0
         self._prompt_cache = PromptCache()
+        self.batches = BatchApi(config, clock)
         self._install(config)
 
     @property
@@ -57,6 +59,7 @@ class SimulatorApp:
     def _install(self, config: SimConfig) -> None:
         """Swap in a config; buckets restart full and RNGs restart from the seed."""
         self._config = config
+        self.batches.configure(config)
         self._limiters: dict[str, ModelLimiter] = {}
         self._faults = FaultPicker(config.seed, config.faults)
         self._latency_rng = random.Random(f"latency:{config.seed}")
@@ -99,11 +102,16 @@ class SimulatorApp:
             await self._chat(scope, receive, send)
         elif route == ("GET", "/v1/models"):
             await self._models(scope, send)
+        elif BatchApi.serves(route[1]):
+            if self._authorized(scope):
+                await self.batches.handle(scope, receive, send)
+            else:
+                await self._unauthorized(send)
         elif route[1].startswith("/_sim/"):
             await self._control(route, receive, send)
         else:
             body = protocol.error_body(f"Unknown path {route[1]}", "invalid_request_error", None)
-            await _respond(send, 404, body)
+            await respond(send, 404, body)
 
     def _authorized(self, scope: Scope) -> bool:
         if self._authorization is None:
@@ -117,13 +125,13 @@ class SimulatorApp:
         self.stats.errors["401"] += 1
         message = "Incorrect API key provided. You can find your API key in your settings."
         body = protocol.error_body(message, "invalid_request_error", "invalid_api_key")
-        await _respond(send, 401, body)
+        await respond(send, 401, body)
 
     async def _models(self, scope: Scope, send: Send) -> None:
         if not self._authorized(scope):
             await self._unauthorized(send)
             return
-        await _respond(send, 200, protocol.models_body(self._config.models))
+        await respond(send, 200, protocol.models_body(self._config.models))
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.stats.requests += 1
@@ -132,18 +140,18 @@ class SimulatorApp:
             return
         try:
             call = protocol.parse_chat_request(
-                await _read_body(receive), self._config.default_max_tokens
+                await read_body(receive), self._config.default_max_tokens
             )
         except InvalidRequest as exc:
             self.stats.errors["400"] += 1
             body = protocol.error_body(exc.message, "invalid_request_error", None, exc.param)
-            await _respond(send, 400, body)
+            await respond(send, 400, body)
             return
         if call.model not in self._config.models:
             self.stats.errors["404"] += 1
             message = f"The model `{call.model}` does not exist or you do not have access to it."
             body = protocol.error_body(message, "invalid_request_error", "model_not_found")
-            await _respond(send, 404, body)
+            await respond(send, 404, body)
             return
         fault = self._faults.pick()
         if fault == "echo_auth":
@@ -165,7 +173,7 @@ class SimulatorApp:
             "You can find your API key at https://platform.openai.com/account/api-keys."
         )
         body = protocol.error_body(message, "invalid_request_error", "invalid_api_key")
-        await _respond(send, 401, body)
+        await respond(send, 401, body)
 
     async def _admitted_chat(
         self, call: ChatCall, fault: str | None, receive: Receive, send: Send
@@ -177,7 +185,7 @@ class SimulatorApp:
             headers = protocol.limit_headers(*limiter.reports(self._sim_now_s()), scale)
             message = "You exceeded your current quota, please check your plan and billing."
             body = protocol.error_body(message, "insufficient_quota", "insufficient_quota")
-            await _respond(send, 429, body, headers)
+            await respond(send, 429, body, headers)
             return
         if fault == "429":
             await self._fault_429(call, limiter, send)
@@ -205,7 +213,7 @@ class SimulatorApp:
         wait_s = self._config.fault_retry_after_ms / 1000
         message = f"Rate limit reached for {call.model} (injected). Please try again in {wait_s}s."
         body = protocol.error_body(message, "requests", "rate_limit_exceeded")
-        await _respond(send, 429, body, headers + protocol.retry_headers(wait_s))
+        await respond(send, 429, body, headers + protocol.retry_headers(wait_s))
 
     async def _refuse(
         self, call: ChatCall, decision: Decision, headers: Headers, send: Send
@@ -217,7 +225,7 @@ class SimulatorApp:
         requested = 1 if kind == "requests" else call.cost_tokens
         message = protocol.rate_limit_message(call.model, decision, requested, wall_wait_s)
         body = protocol.error_body(message, kind, "rate_limit_exceeded")
-        await _respond(send, 429, body, headers + protocol.retry_headers(wall_wait_s))
+        await respond(send, 429, body, headers + protocol.retry_headers(wall_wait_s))
 
     async def _server_fault(
         self, fault: str, headers: Headers, receive: Receive, send: Send
@@ -230,29 +238,13 @@ class SimulatorApp:
             await _until_disconnect(receive, 5.0)
         else:
             status = int(fault)
-            body = protocol.error_body(_SERVER_FAULTS[fault], "server_error", None)
-            await _respond(send, status, body, headers)
-
-    def _content(self, call: ChatCall, fault: str | None) -> tuple[str, str]:
-        """Content and finish reason: deterministic in (seed, model, prompt, max_tokens)."""
-        if fault == "empty":
-            return "", "stop"
-        if fault == "whitespace":
-            return " \n\n \n", "stop"
-        rng = random.Random(f"{self._config.seed}|{call.model}|{call.max_tokens}|{call.prompt}")
-        target = max(1, round(call.max_tokens * rng.uniform(0.5, 0.95)))
-        if fault == "truncate":
-            target = max(1, round(call.max_tokens * rng.uniform(0.05, 0.15)))
-            return cut_to_tokens(write_article(call.last_user, target * 2, rng), target), "length"
-        text = write_article(call.last_user, target, rng)
-        if count_tokens(text) >= call.max_tokens:
-            return cut_to_tokens(text, call.max_tokens), "length"
-        return text, "stop"
+            body = protocol.error_body(protocol.SERVER_FAULTS[fault], "server_error", None)
+            await respond(send, status, body, headers)
 
     async def _complete(
         self, call: ChatCall, fault: str | None, headers: Headers, receive: Receive, send: Send
     ) -> None:
-        content, finish_reason = self._content(call, fault)
+        content, finish_reason = completion.answer(self._config.seed, call, fault)
         tokens = count_tokens(content)
         delay_s = self._latency_s(tokens)
         if delay_s > 0 and await _until_disconnect(receive, delay_s):
@@ -278,7 +270,7 @@ class SimulatorApp:
         self.stats.prompt_tokens += call.prompt_tokens
         self.stats.cached_tokens += cached
         self.stats.completion_tokens += tokens
-        await _respond(send, 200, body, headers)
+        await respond(send, 200, body, headers)
 
     def _latency_s(self, completion_tokens: int) -> float:
         """Wall-clock latency: (TTFT + tokens / speed) with jitter, divided by time_scale."""
@@ -295,45 +287,27 @@ class SimulatorApp:
     async def _control(self, route: tuple[str, str], receive: Receive, send: Send) -> None:
         """``/_sim/*``: read or change the config, read or clear the stats."""
         if route == ("GET", "/_sim/config"):
-            await _respond(send, 200, json.dumps(self._config.to_json()).encode())
+            await respond(send, 200, json.dumps(self._config.to_json()).encode())
         elif route == ("POST", "/_sim/config"):
             try:
-                changes = json.loads(await _read_body(receive))
+                changes = json.loads(await read_body(receive))
                 if not isinstance(changes, dict):
                     raise ConfigError("the config change must be a JSON object")
                 self.update(changes)
             except (ConfigError, ValueError) as exc:
                 body = protocol.error_body(str(exc), "invalid_request_error", None)
-                await _respond(send, 400, body)
+                await respond(send, 400, body)
                 return
-            await _respond(send, 200, json.dumps(self._config.to_json()).encode())
+            await respond(send, 200, json.dumps(self._config.to_json()).encode())
         elif route == ("GET", "/_sim/stats"):
-            await _respond(send, 200, json.dumps(self.stats.to_json()).encode())
+            stats = {**self.stats.to_json(), "batch": self.batches.stats.to_json()}
+            await respond(send, 200, json.dumps(stats).encode())
         elif route == ("POST", "/_sim/reset-stats"):
             self.stats = SimStats()
-            await _respond(send, 200, b"{}")
+            self.batches.stats = BatchStats()
+            await respond(send, 200, b"{}")
         else:
-            await _respond(send, 404, protocol.error_body("Unknown path", "not_found", None))
-
-
-async def _respond(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
-    all_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if headers:
-        all_headers.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": all_headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
+            await respond(send, 404, protocol.error_body("Unknown path", "not_found", None))
 
 
 async def _until_disconnect(receive: Receive, timeout_s: float) -> bool:

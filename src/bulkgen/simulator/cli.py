@@ -10,7 +10,13 @@ from typing import Annotated
 
 import typer
 
-from bulkgen.simulator.config import DEFAULT_MODELS, ConfigError, SimConfig, parse_fault_rate
+from bulkgen.simulator.config import (
+    DEFAULT_MODELS,
+    BatchConfig,
+    ConfigError,
+    SimConfig,
+    parse_fault_rate,
+)
 from bulkgen.simulator.server import serve
 
 
@@ -47,6 +53,39 @@ def simulate(
     prompt_cache: Annotated[
         bool, typer.Option(help="Bill repeated prompt prefixes (1,024+ tokens) as cached.")
     ] = True,
+    batch_time_scale: Annotated[
+        float, typer.Option(help="Batch clock speed: k runs batches k times faster; 0 pauses.")
+    ] = 1.0,
+    batch_requests_per_s: Annotated[
+        float, typer.Option(help="Batch rows run per simulated second, per batch.")
+    ] = 50.0,
+    batch_validating_s: Annotated[
+        float, typer.Option(help="Simulated seconds a batch spends validating.")
+    ] = 2.0,
+    batch_finalizing_s: Annotated[
+        float, typer.Option(help="Simulated seconds a batch spends finalizing or cancelling.")
+    ] = 2.0,
+    batch_window_s: Annotated[
+        float, typer.Option(help="Simulated seconds of the '24h' completion window.")
+    ] = 86_400.0,
+    batch_max_requests: Annotated[
+        int, typer.Option(help="Requests in one batch at most.")
+    ] = 50_000,
+    batch_max_input_bytes: Annotated[
+        int, typer.Option(help="Bytes of one batch input file at most.")
+    ] = 200 * 1024 * 1024,
+    batch_enqueued_tokens: Annotated[
+        int, typer.Option(help="Prompt tokens of unfinished batches per model; 0 = unlimited.")
+    ] = 2_000_000,
+    batch_files_max_bytes: Annotated[
+        int, typer.Option(help="Bytes the file store holds in all (uploads and results).")
+    ] = 1024 * 1024 * 1024,
+    batch_fault_rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KIND=RATE for batch rows, repeatable, e.g. --batch-fault-rate 503=0.01."
+        ),
+    ] = None,
     managed: Annotated[
         bool, typer.Option(hidden=True, help="Run by a parent process: ignore SIGINT.")
     ] = False,
@@ -54,12 +93,20 @@ def simulate(
     """Serve an OpenAI-compatible API with rate limits, latency and injected faults."""
     try:
         faults = dict(parse_fault_rate(item) for item in (fault_rate or ["503=0.02"]))
+        batch = BatchConfig(
+            time_scale=batch_time_scale, requests_per_s=batch_requests_per_s,
+            validating_s=batch_validating_s, finalizing_s=batch_finalizing_s,
+            window_s=batch_window_s, max_requests=batch_max_requests,
+            max_input_bytes=batch_max_input_bytes, enqueued_tokens=batch_enqueued_tokens or None,
+            files_max_bytes=batch_files_max_bytes,
+            faults=dict(parse_fault_rate(item) for item in batch_fault_rate or []),
+        )  # fmt: skip
         config = SimConfig(
             rpm=rpm, tpm=tpm, burst_s=burst_s, ttft_ms=latency_ms, tokens_per_s=tokens_per_s,
             jitter=jitter, time_scale=time_scale, faults=faults, seed=seed, api_key=api_key,
             models=tuple(model) if model else DEFAULT_MODELS,
             default_max_tokens=default_max_tokens, hang_s=hang_s,
-            fault_retry_after_ms=fault_retry_after_ms, prompt_cache=prompt_cache,
+            fault_retry_after_ms=fault_retry_after_ms, prompt_cache=prompt_cache, batch=batch,
         )  # fmt: skip
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None

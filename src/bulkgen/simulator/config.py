@@ -34,9 +34,42 @@ FAULT_KINDS: tuple[str, ...] = (
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini")
 
+BATCH_FAULT_KINDS: tuple[str, ...] = ("500", "502", "503", "empty", "whitespace", "truncate")
+"""The faults a batch row can get: a server error (the row goes to the error file) or
+faulty content (an ordinary answer in the output file). Connection faults, 429s and
+gateway faults belong to a live HTTP call and have no meaning for a row."""
+
 
 class ConfigError(ValueError):
     """A simulator setting is out of range or unknown; the message names it."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """The Batch API's pace and limits, in the batch clock's simulated seconds.
+
+    The batch clock runs ``time_scale`` times faster than the wall clock (0 pauses it, so a
+    test can hold a batch where it is), apart from the chat clock, so a "24 hour" batch can
+    run in seconds while the chat limits stay as they are. A batch spends ``validating_s``
+    validating, runs ``requests_per_s`` rows a second, spends ``finalizing_s`` writing its
+    files, and expires ``window_s`` after its creation (OpenAI's 24h). A batch takes the
+    pace of the config it was created under; only ``time_scale`` acts on running batches.
+    """
+
+    time_scale: float = 1.0
+    requests_per_s: float = 50.0
+    validating_s: float = 2.0
+    finalizing_s: float = 2.0
+    window_s: float = 86_400.0
+    max_requests: int = 50_000  # rows in one input file
+    max_input_bytes: int = 200 * 1024 * 1024  # one input file
+    enqueued_tokens: int | None = 2_000_000  # prompt tokens of unfinished batches, per model
+    files_max_bytes: int = 1024 * 1024 * 1024  # everything the file store holds
+    faults: Mapping[str, float] = field(default_factory=dict)  # BATCH_FAULT_KINDS -> rate
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "faults", dict(self.faults))
+        _validate_batch(self)
 
 
 @dataclass(frozen=True)
@@ -47,6 +80,7 @@ class SimConfig:
     latencies are divided by k and buckets refill k times faster, while every header is
     given in wall-clock time. ``rpm``/``tpm`` of ``None`` or 0 mean unlimited. ``burst_s`` is
     how many seconds' worth of the per-minute limit a bucket holds (1 s to 60 s).
+    ``batch`` paces and bounds the Batch API, on its own clock (:class:`BatchConfig`).
     """
 
     rpm: int | None = 500
@@ -64,6 +98,7 @@ class SimConfig:
     hang_s: float = 3600.0
     fault_retry_after_ms: float = 200.0  # the wait a "429" fault asks for (wall clock)
     prompt_cache: bool = True  # report repeated prompt prefixes as cached, as OpenAI does
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", dict(self.faults))
@@ -76,6 +111,7 @@ class SimConfig:
         data["models"] = list(self.models)
         data["faults"] = dict(self.faults)
         data["api_key"] = None if self.api_key is None else "***"
+        data["batch"]["faults"] = dict(self.batch.faults)
         return data
 
 
@@ -101,8 +137,35 @@ def _validate(config: SimConfig) -> None:
         check_fault(kind, rate)
     if not all(isinstance(m, str) and m for m in config.models):
         raise ConfigError("models must be non-empty strings")
+    if not isinstance(config.batch, BatchConfig):
+        raise ConfigError("batch must be a BatchConfig")
     if not isinstance(config.prompt_cache, bool):
         raise ConfigError(f"prompt_cache must be true or false, got {config.prompt_cache!r}")
+
+
+def _validate_batch(config: BatchConfig) -> None:
+    for name in ("time_scale", "validating_s", "finalizing_s"):
+        value = getattr(config, name)
+        if not _finite_at_least(value, 0.0):
+            raise ConfigError(f"batch.{name} must be a finite number >= 0, got {value!r}")
+    for name in ("requests_per_s", "window_s"):
+        value = getattr(config, name)
+        if not _finite_at_least(value, 0.0) or value == 0:
+            raise ConfigError(f"batch.{name} must be a finite number > 0, got {value!r}")
+    for name in ("max_requests", "max_input_bytes", "files_max_bytes"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"batch.{name} must be a positive integer, got {value!r}")
+    tokens = config.enqueued_tokens
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0
+    ):
+        raise ConfigError(f"batch.enqueued_tokens must be an integer >= 0 or null, got {tokens!r}")
+    for kind, rate in config.faults.items():
+        if kind not in BATCH_FAULT_KINDS:
+            known = ", ".join(BATCH_FAULT_KINDS)
+            raise ConfigError(f"unknown batch fault kind {kind!r}; known kinds: {known}")
+        check_fault(kind, rate)
 
 
 def _finite_at_least(value: object, low: float) -> bool:
@@ -140,6 +203,8 @@ def apply_changes(config: SimConfig, changes: Mapping[str, Any]) -> SimConfig:
     """Return a new config with ``changes`` applied; ``faults`` is replaced as a whole.
 
     Replacing (not merging) ``faults`` lets ``{"faults": {}}`` end every outage at once.
+    ``batch`` is merged field by field (``{"batch": {"time_scale": 100}}``), its own
+    ``faults`` again replaced as a whole.
     """
     names = {f.name for f in dataclasses.fields(SimConfig)}
     unknown = sorted(set(changes) - names)
@@ -153,7 +218,26 @@ def apply_changes(config: SimConfig, changes: Mapping[str, Any]) -> SimConfig:
         updates["models"] = tuple(models)
     if "faults" in updates and not isinstance(updates["faults"], Mapping):
         raise ConfigError("faults must be an object of kind -> rate")
+    if "batch" in updates:
+        updates["batch"] = _batch_changed(config.batch, updates["batch"])
     try:
         return dataclasses.replace(config, **updates)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _batch_changed(batch: BatchConfig, changes: object) -> BatchConfig:
+    if isinstance(changes, BatchConfig):
+        return changes
+    if not isinstance(changes, Mapping):
+        raise ConfigError("batch must be an object of setting -> value")
+    names = {f.name for f in dataclasses.fields(BatchConfig)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"unknown batch config field(s): {', '.join(unknown)}")
+    if "faults" in changes and not isinstance(changes["faults"], Mapping):
+        raise ConfigError("batch.faults must be an object of kind -> rate")
+    try:
+        return dataclasses.replace(batch, **changes)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None

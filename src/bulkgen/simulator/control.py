@@ -24,7 +24,8 @@ async def _call(base_url: str, method: str, path: str, body: object = None) -> d
 
 
 async def sim_stats(base_url: str) -> dict[str, Any]:
-    """``GET /_sim/stats``: requests, 429s by kind, faults, tokens, per-second counts."""
+    """``GET /_sim/stats``: requests, 429s by kind, faults, tokens, per-second counts, and
+    under ``batch`` the Files and Batch API counters."""
     return await _call(base_url, "GET", "/_sim/stats")
 
 

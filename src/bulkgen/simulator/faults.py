@@ -16,7 +16,7 @@ from bulkgen.simulator.config import FAULT_KINDS
 class FaultPicker:
     """Draws the fault of each request from a private seeded RNG."""
 
-    def __init__(self, seed: int, rates: Mapping[str, float]) -> None:
+    def __init__(self, seed: int | str, rates: Mapping[str, float]) -> None:
         self._rng = random.Random(f"faults:{seed}")
         self._rates = [(kind, float(rates.get(kind, 0.0))) for kind in FAULT_KINDS]
         self._active = any(rate > 0 for _, rate in self._rates)

@@ -15,6 +15,8 @@ from bulkgen.simulator.ratelimit import Decision, LimitReport, go_duration
 from bulkgen.simulator.tokens import prompt_tokens
 
 ORGANIZATION = "org-sim"
+SERVER_FAULTS = {"500": "Internal server error", "502": "Bad gateway", "503": "Overloaded"}
+"""The message of each injected server error."""
 
 
 class InvalidRequest(Exception):
@@ -48,6 +50,11 @@ def parse_chat_request(raw: bytes, default_max_tokens: int) -> ChatCall:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    return chat_call_of(body, default_max_tokens)
+
+
+def chat_call_of(body: object, default_max_tokens: int) -> ChatCall:
+    """Validate a decoded request body (an HTTP request's, or a batch input line's)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = body.get("model")
@@ -93,8 +100,13 @@ def _message_texts(messages: object) -> list[tuple[str, str]]:
 
 def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
     """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
-    error = {"message": message, "type": kind, "param": param, "code": code}
-    return json.dumps({"error": error}).encode()
+    return json.dumps(error_object(message, kind, code, param)).encode()
+
+
+def error_object(
+    message: str, kind: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def rate_limit_message(model: str, decision: Decision, requested: int, wall_wait_s: float) -> str:
@@ -158,7 +170,20 @@ def completion_body(
 ) -> bytes:
     """A ``chat.completion`` object with ``usage``, as OpenAI answers a non-streamed call
     (``cached_tokens``: the part of the prompt read from the prompt cache)."""
-    body: dict[str, Any] = {
+    body = completion_object(ident, created_s, call, content, finish_reason, tokens, cached_tokens)
+    return json.dumps(body).encode()
+
+
+def completion_object(
+    ident: str,
+    created_s: int,
+    call: ChatCall,
+    content: str,
+    finish_reason: str,
+    tokens: int,
+    cached_tokens: int = 0,
+) -> dict[str, Any]:
+    return {
         "id": ident,
         "object": "chat.completion",
         "created": created_s,
@@ -179,7 +204,6 @@ def completion_body(
         },
         "system_fingerprint": "fp_simulator",
     }
-    return json.dumps(body).encode()
 
 
 def models_body(models: tuple[str, ...]) -> bytes:

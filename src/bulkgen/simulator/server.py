@@ -135,6 +135,19 @@ def config_to_args(config: SimConfig) -> list[str]:
         f"--fault-retry-after-ms={config.fault_retry_after_ms}",
         "--prompt-cache" if config.prompt_cache else "--no-prompt-cache",
     ]
+    batch = config.batch
+    args += [
+        f"--batch-time-scale={batch.time_scale}",
+        f"--batch-requests-per-s={batch.requests_per_s}",
+        f"--batch-validating-s={batch.validating_s}",
+        f"--batch-finalizing-s={batch.finalizing_s}",
+        f"--batch-window-s={batch.window_s}",
+        f"--batch-max-requests={batch.max_requests}",
+        f"--batch-max-input-bytes={batch.max_input_bytes}",
+        f"--batch-enqueued-tokens={batch.enqueued_tokens or 0}",
+        f"--batch-files-max-bytes={batch.files_max_bytes}",
+    ]
+    args += [f"--batch-fault-rate={kind}={rate}" for kind, rate in batch.faults.items()]
     faults = config.faults or {"503": 0.0}  # an explicit zero overrides the CLI default
     args += [f"--fault-rate={kind}={rate}" for kind, rate in faults.items()]
     args += [f"--model={model}" for model in config.models]

@@ -25,11 +25,10 @@ from .checks import (
     job_rows,
     pending_jobs,
     wait_done,
-    wait_holding,
     worker_jobs,
 )
 from .conftest import enqueue
-from .harness import Fleet, PostgresServer, wait_exit, wait_until
+from .harness import READY_S, Fleet, PostgresServer, WorkerProcess, wait_exit, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -122,7 +121,9 @@ async def test_sigkill_loop_until_the_batch_is_done(
     # than kills it would (rightly) fail as a poison pill. Room for every kill and one more.
     max_attempts = max_kills + 2
     await enqueue(postgres.url, jobs)
-    sim = SimConfig(rpm=None, tpm=None, ttft_ms=400, tokens_per_s=0, jitter=0.3, seed=6)
+    # One second per answer and 3 workers x 8 slots: the batch lasts 12 s at the very least,
+    # however fast the machine, while a kill comes every second or so.
+    sim = SimConfig(rpm=None, tpm=None, ttft_ms=1000, tokens_per_s=0, jitter=0.3, seed=6)
     async with SimulatorProcess(sim) as simulator:
         fleet = make_fleet(simulator.base_url)
 
@@ -132,13 +133,11 @@ async def test_sigkill_loop_until_the_batch_is_done(
         for _ in range(3):
             spawn()
         kills = 0
-        while kills < max_kills and await pending_jobs(postgres.url) > 0:
-            await asyncio.sleep(2.0)
-            victim = fleet.alive()[0]  # the oldest: it has claimed work by now
-            try:
-                await wait_holding(postgres.url, victim.pid, timeout_s=15)
-            except AssertionError:
-                break  # nothing left to hold: the batch is ending
+        while kills < max_kills:
+            await asyncio.sleep(1.0)
+            victim = await _oldest_holder(postgres.url, fleet)
+            if victim is None:
+                break  # nothing left to run: the batch has ended
             victim.kill()
             await wait_exit(victim.process, 30)
             kills += 1
@@ -148,3 +147,17 @@ async def test_sigkill_loop_until_the_batch_is_done(
         )
     assert kills >= 2, f"only {kills} kill(s) happened before the batch ended"
     assert any(r.attempts >= 2 for r in rows), "no killed worker's job was ever rescued"
+
+
+async def _oldest_holder(database_url: str, fleet: Fleet) -> WorkerProcess | None:
+    """The oldest live worker holding jobs; None once no job is left to run. Workers start
+    slowly on a busy machine, so this waits for one to hold work (within READY_S)."""
+    deadline = asyncio.get_running_loop().time() + READY_S
+    while asyncio.get_running_loop().time() < deadline:
+        for worker in fleet.alive():
+            if await worker_jobs(database_url, worker.pid):
+                return worker
+        if await pending_jobs(database_url) == 0:
+            return None
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"jobs pending, yet no worker held one for {READY_S:.0f} s")

@@ -2,14 +2,16 @@
 
 Shared by the benchmarks that compare write paths or queues on one server: a fresh
 database per measurement, transactions committed (``pg_stat_database``), rows written
-(``pg_stat_user_tables``), the CPU time of the server's processes and the connections a
-client held. Counting on the server's side means a comparison does not rest on either
-side counting itself: polls, heartbeats, plan loads and connection set-up are all in.
+(``pg_stat_user_tables``), the connections a client held, and CPU time read from
+``/proc`` (the server's processes: anything else the server does meanwhile is in it).
+Counting on the server's side means a comparison does not rest on either side counting
+itself: polls, heartbeats, plan loads and connection set-up are all in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -75,26 +77,73 @@ async def row_writes(url: str) -> dict[str, int]:
     return {r["relname"]: int(r["writes"]) for r in rows}
 
 
-def server_cpu_s() -> float:
-    """CPU seconds used so far by every process named ``postgres`` on this machine.
+async def postmaster_pid(admin: asyncpg.Connection) -> int:  # type: ignore[type-arg]
+    """The pid of the server the admin connection is on: its backend's parent."""
+    return proc_stat(int(await admin.fetchval("SELECT pg_backend_pid()")))[1]
 
-    A backend's own time moves to the postmaster's children counters (``cutime``,
-    ``cstime``) when it exits and is reaped, so the sum stays whole across connections
-    that close between two readings. It covers everything the server did meanwhile,
-    other databases and other clients included.
+
+def proc_stat(pid: int) -> list[int]:
+    """``/proc/<pid>/stat`` from its parent pid on, as numbers (the state left out)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return [0, *(int(f) for f in text[text.rfind(")") + 2 :].split()[1:])]
+
+
+def process_tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by ``root`` and its live children (not their children).
+
+    A child's time moves to its parent's children counters (``cutime``, ``cstime``,
+    counted here) when it exits and is reaped, so the sum stays whole across children
+    that end between two readings: a server's backends, a process's helpers.
     """
     ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        pid = int(stat.parent.name)
         try:
-            text = stat.read_text()
-        except OSError:  # the process ended while being read
+            fields = proc_stat(pid)
+        except (OSError, ValueError):  # ended while being read
             continue
-        comm_end = text.rfind(")")
-        if text[text.find("(") + 1 : comm_end] != "postgres":
-            continue
-        fields = text[comm_end + 2 :].split()
-        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        if pid == root or fields[1] == root:
+            ticks += sum(fields[11:15])  # utime, stime, cutime, cstime
     return ticks / CLOCK_TICKS_PER_S
+
+
+@dataclass
+class Backends:
+    """The processes serving one database, watched while a client runs: the most client
+    connections seen at once, and the CPU time of every backend seen (autovacuum workers
+    included), apart from whatever else the server does meanwhile.
+
+    Sampled, so a backend's last moments before it exits (at most one interval) are
+    missed.
+    """
+
+    admin: asyncpg.Connection  # type: ignore[type-arg]
+    name: str
+    every_s: float = 0.02
+    peak_clients: int = 0
+    ticks: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.ticks.values()) / CLOCK_TICKS_PER_S
+
+    async def sample(self) -> None:
+        await self.admin.execute("SELECT pg_stat_clear_snapshot()")
+        rows = await self.admin.fetch(
+            "SELECT pid, backend_type FROM pg_stat_activity WHERE datname = $1", self.name
+        )
+        clients = sum(1 for r in rows if r["backend_type"] == "client backend")
+        self.peak_clients = max(self.peak_clients, clients)
+        for row in rows:
+            with contextlib.suppress(OSError, ValueError):  # ended meanwhile
+                used = sum(proc_stat(row["pid"])[11:13])  # utime, stime
+                self.ticks[row["pid"]] = max(self.ticks.get(row["pid"], 0), used)
+
+    async def watch(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            await self.sample()
+            await asyncio.sleep(self.every_s)
 
 
 @dataclass

@@ -10,9 +10,10 @@ on a fresh database:
 - jobs/s: jobs over the drain's wall time;
 - transactions and row writes per job: PostgreSQL's own counters (``pg_stat_database``,
   ``pg_stat_user_tables``) over the consumer's whole life (connect, drain, close);
-- PostgreSQL CPU ms per job: the CPU time of every ``postgres`` process on the machine
-  over the same stretch (anything else the server does meanwhile is in it: see the load
-  averages recorded);
+- PostgreSQL CPU ms per job: the CPU time of the server's processes over the same
+  stretch (anything else the server does meanwhile is in it: see the load averages
+  recorded); and, apart, that of the backends serving the benchmark's database alone
+  (sampled with the connections, so each backend's last few ms are missed);
 - worker CPU ms per job: this process and its children, over the same stretch (bulkgen
   renders prompts in child processes);
 - peak connections: client connections to the database, sampled every 20 ms.
@@ -52,9 +53,9 @@ from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.service import Services, open_services
 from bulkgen.settings import Settings
 from pgstats import (
+    Backends,
     ServerCount,
     backends_gone,
-    client_count,
     drop_db,
     fresh_db,
     postmaster_pid,
@@ -379,13 +380,6 @@ class ProcrastinateQueue:
                     await running
 
 
-async def peak_clients(admin: asyncpg.Connection, name: str, peak: list[int]) -> None:  # type: ignore[type-arg]
-    """Keep ``peak[0]`` at the most client connections to ``name`` seen so far."""
-    while True:
-        peak[0] = max(peak[0], await client_count(admin, name))
-        await asyncio.sleep(SAMPLE_EVERY_S)
-
-
 async def measure(
     admin: asyncpg.Connection,  # type: ignore[type-arg]
     admin_url: str,
@@ -400,8 +394,8 @@ async def measure(
         await queue.enqueue(url, jobs)
         count = ServerCount(admin, name, url)
         await count.start()
-        server, peak = await postmaster_pid(admin), [0]
-        sampler = asyncio.create_task(peak_clients(admin, name, peak))
+        server, backends = await postmaster_pid(admin), Backends(admin, name, SAMPLE_EVERY_S)
+        sampler = asyncio.create_task(backends.watch())
         server_s, worker_s = process_tree_cpu_s(server), process_tree_cpu_s(os.getpid())
         try:
             drained = await queue.drain(url, jobs, concurrency)
@@ -422,8 +416,9 @@ async def measure(
         "transactions_per_job": counted["transactions_per_job"],
         "row_writes_per_job": counted["row_writes_per_job"],
         "pg_cpu_ms_per_job": round(server_s * 1000 / jobs, 3),
+        "db_backends_cpu_ms_per_job": round(backends.cpu_s * 1000 / jobs, 3),
         "worker_cpu_ms_per_job": round(worker_s * 1000 / jobs, 3),
-        "peak_connections": peak[0],
+        "peak_connections": backends.peak_clients,
         "row_writes_by_table": counted["row_writes_by_table"],
         "load_avg_1m": round(os.getloadavg()[0], 2),
         **drained.notes,
@@ -501,6 +496,7 @@ COLUMNS = (
     ("transactions_per_job", "xacts/job"),
     ("row_writes_per_job", "rows/job"),
     ("pg_cpu_ms_per_job", "PG CPU ms/job"),
+    ("db_backends_cpu_ms_per_job", "its backends ms/job"),
     ("worker_cpu_ms_per_job", "worker CPU ms/job"),
     ("peak_connections", "peak conns"),
     ("load_avg_1m", "load 1m"),
@@ -508,12 +504,12 @@ COLUMNS = (
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    print(f"{'system':<14}{'conc':>5}" + "".join(f"{title:>19}" for _, title in COLUMNS))
+    print(f"{'system':<14}{'conc':>5}" + "".join(f"{title:>21}" for _, title in COLUMNS))
     for system, result in results.items():
         if "unavailable" in result:
             print(f"{system:<14}  unavailable: {result['unavailable']}")
         for concurrency, row in result["drain"].items():
-            cells = "".join(f"{row[key]!s:>19}" for key, _ in COLUMNS)
+            cells = "".join(f"{row[key]!s:>21}" for key, _ in COLUMNS)
             print(f"{system:<14}{concurrency:>5}{cells}")
     print(f"{'idle latency':<19}{'p50 ms':>19}{'p95 ms':>19}{'max ms':>19}")
     for system, result in results.items():
@@ -550,6 +546,10 @@ def ratios(results: dict[str, dict[str, Any]], concurrencies: list[int]) -> dict
         ),
         "bulkgen_over_pgqueuer_pg_cpu_per_job_c20": _ratio(
             fig("bulkgen", 20, "pg_cpu_ms_per_job"), fig("pgqueuer", 20, "pg_cpu_ms_per_job")
+        ),
+        "bulkgen_over_pgqueuer_db_backends_cpu_per_job_c20": _ratio(
+            fig("bulkgen", 20, "db_backends_cpu_ms_per_job"),
+            fig("pgqueuer", 20, "db_backends_cpu_ms_per_job"),
         ),
         "bulkgen_over_pgqueuer_idle_latency_p50": _ratio(
             _figure(results, "bulkgen", "idle_latency", "p50_ms"),

@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import importlib.metadata
 import os
 import random
 import statistics
@@ -580,11 +581,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "jobs": args.jobs,
         "concurrency": args.concurrency,
+        "peer_versions": {name: _version(name) for name in ("pgqueuer", "procrastinate")},
         "latency_samples": args.latency_samples,
         "idle_concurrency": IDLE_CONCURRENCY,
         "systems": results,
         "ratios": judged,
     }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _concurrencies(text: str) -> list[int]:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-soak clean
+.PHONY: demo test lint bench bench-soak bench-queues clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: $(BENCH_STAMP)
 # Ten minutes or more: 20,000 jobs through a fleet losing a worker every 20 s.
 bench-soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+# Up to an hour at the defaults (10,000 jobs at concurrency 1 is the slow part): bulkgen's
+# own queue overhead against PgQueuer and Procrastinate, from the bench extra.
+bench-queues: $(BENCH_STAMP)
+	$(BIN)/python bench/queues.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,9 +26,7 @@ import asyncio
 import statistics
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import openai
@@ -41,6 +39,7 @@ from bulkgen.metrics import Metrics
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
+from pgstats import ServerCount, drop_db, fresh_db
 from record import Run, add_out_argument, postgres_version
 
 NAIVE_CLAIM = """
@@ -83,12 +82,6 @@ SEED_STATUS = "UPDATE seed_jobs SET status = $1 WHERE id = $2"
 SEED_DONE = "UPDATE seed_jobs SET status = $1, content = $2 WHERE id = $3"
 
 
-async def _fresh_db(admin: asyncpg.Connection, admin_url: str) -> tuple[str, str]:  # type: ignore[type-arg]
-    name = f"bulkgen_bench_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    return name, urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
-
-
 async def _timed_claim(pool: asyncpg.Pool, sql: str) -> float:  # type: ignore[type-arg]
     """One claim of 50, rolled back so every round sees the same backlog."""
     async with pool.acquire() as conn:
@@ -118,68 +111,6 @@ async def claim_latency(url: str, backlog: int, rounds: int = 40) -> dict[str, f
     finally:
         await pool.close()
     return {k: statistics.median(v) * 1000 for k, v in timings.items()}
-
-
-async def _backends_gone(admin: asyncpg.Connection, name: str) -> None:  # type: ignore[type-arg]
-    """Wait until no client is connected to ``name``: a backend flushes its statistics to
-    PostgreSQL's counters when it exits, so only then do they cover all it did."""
-    for _ in range(500):
-        await admin.execute("SELECT pg_stat_clear_snapshot()")
-        left = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = $1 AND backend_type = 'client backend'",
-            name,
-        )
-        if left == 0:
-            return
-        await asyncio.sleep(0.02)
-    raise RuntimeError(f"clients still connected to {name}")
-
-
-async def _transactions(admin: asyncpg.Connection, name: str) -> int:  # type: ignore[type-arg]
-    await _backends_gone(admin, name)
-    await admin.execute("SELECT pg_stat_clear_snapshot()")
-    return int(
-        await admin.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
-    )
-
-
-async def _row_writes(url: str) -> dict[str, int]:
-    """Rows inserted, updated or deleted per table, as PostgreSQL counted them."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del AS writes FROM pg_stat_user_tables"
-        )
-    finally:
-        await conn.close()
-    return {r["relname"]: int(r["writes"]) for r in rows}
-
-
-@dataclass
-class ServerCount:
-    """PostgreSQL's own count of what one measured stretch cost the database."""
-
-    admin: asyncpg.Connection  # type: ignore[type-arg]
-    name: str
-    url: str
-    xacts: int = 0
-    writes: dict[str, int] = field(default_factory=dict)
-
-    async def start(self) -> None:
-        self.writes = await _row_writes(self.url)  # this reader's own commits land before...
-        self.xacts = await _transactions(self.admin, self.name)  # ...this count
-
-    async def stop(self, jobs: int) -> dict[str, Any]:
-        xacts = await _transactions(self.admin, self.name)
-        writes = await _row_writes(self.url)
-        delta = {t: n - self.writes.get(t, 0) for t, n in writes.items()}
-        return {
-            "transactions": xacts - self.xacts,
-            "transactions_per_job": round((xacts - self.xacts) / jobs, 4),
-            "row_writes_per_job": round(sum(delta.values()) / jobs, 4),
-            "row_writes_by_table": {t: n for t, n in sorted(delta.items()) if n},
-        }
 
 
 async def bulkgen_writes(
@@ -319,17 +250,17 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     try:
         latency = {}
         for backlog in (args.small, args.big):
-            name, url = await _fresh_db(admin, args.admin_url)
+            name, url = await fresh_db(admin, args.admin_url)
             made.append(name)
             latency[backlog] = await claim_latency(url, backlog)
             fair, naive = latency[backlog]["fair"], latency[backlog]["naive"]
             print(f"backlog {backlog:>9,}: fair claim {fair:7.2f} ms, plain {naive:7.2f} ms")
-        name, url = await _fresh_db(admin, args.admin_url)
+        name, url = await fresh_db(admin, args.admin_url)
         made.append(name)
         writes = await write_cost(admin, name, url, args.jobs, args.concurrency)
     finally:
         for name in made:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_db(admin, name)
         await admin.close()
     growth = latency[args.big]["fair"] / latency[args.small]["fair"]
     print(f"fair claim latency, {args.big:,} / {args.small:,} backlog: {growth:.2f}x")

@@ -159,7 +159,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 openai_base_url=sim.base_url,
                 openai_api_key="sk-bench",
                 poll_s=0.2,
-                status_flush_ms=20,
             )
             rows = batch_rows(args.jobs, args.duplicates)
             rounds = []

@@ -120,7 +120,7 @@ async def bulkgen_writes(
     its own metrics, and everything it did by PostgreSQL."""
     settings = Settings(
         database_url=count.url, openai_base_url=base_url, openai_api_key="sk-bench",
-        concurrency=concurrency, status_flush_ms=100,
+        concurrency=concurrency,
     )  # fmt: skip
     svc = await open_services(settings, metrics=Metrics())
     try:

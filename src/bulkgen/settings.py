@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=10.0, gt=0)
     poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    status_flush_ms: int = Field(default=100, ge=1)
 
     # Generation.
     # The fleet's default model and answer length, for batches submitted without them

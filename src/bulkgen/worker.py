@@ -57,7 +57,6 @@ class WorkerConfig:
     heartbeat_s: float
     poll_s: float
     shutdown_grace_s: float
-    status_flush_ms: int
     max_attempts: int
     cache_scope: Literal["account", "global"]
     burst: bool = False
@@ -106,7 +105,7 @@ class Worker:
         self.pipeline = pipeline
         self.config = config
         self.metrics = metrics
-        self.writer = StatusWriter(store, self.id, flush_ms=config.status_flush_ms, metrics=metrics)
+        self.writer = StatusWriter(store, self.id, metrics=metrics)
         self.tally = WorkerTally()
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()

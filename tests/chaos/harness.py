@@ -37,13 +37,12 @@ from pathlib import Path
 import asyncpg
 
 # Worker settings for every scenario: leases short enough that a dead worker's jobs come
-# back within seconds, status writes flushed quickly, retries that do not dawdle.
+# back within seconds, retries that do not dawdle.
 WORKER_ENV: dict[str, str] = {
     "OPENAI_API_KEY": "sk-chaos-test",
     "BULKGEN_LEASE_S": "2.0",
     "BULKGEN_HEARTBEAT_S": "0.4",
     "BULKGEN_POLL_S": "0.2",
-    "BULKGEN_STATUS_FLUSH_MS": "20",
     "BULKGEN_SHUTDOWN_GRACE_S": "5",
     "BULKGEN_PROVIDER_TIMEOUT_S": "10",
     "BULKGEN_BACKOFF_BASE_S": "0.05",

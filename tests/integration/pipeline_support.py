@@ -18,7 +18,6 @@ FAST: dict[str, Any] = {
     "heartbeat_s": 0.3,
     "lease_s": 1.5,
     "poll_s": 0.2,
-    "status_flush_ms": 20,
     "shutdown_grace_s": 5.0,
     "provider_timeout_s": 10.0,
     "breaker_cooldown_s": 0.05,

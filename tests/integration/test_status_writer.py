@@ -46,7 +46,7 @@ async def test_unstorable_text_is_cleaned_and_refused_rows_fail_alone(store: Sto
     owner = uuid.uuid4()
     nul, blank, good, retry, failed = await _claimed(store, owner, 5)
     metrics = Metrics()
-    writer = StatusWriter(store, owner, flush_ms=10, metrics=metrics)
+    writer = StatusWriter(store, owner, metrics=metrics)
     writer.start()
     try:
         results = await asyncio.wait_for(
@@ -94,7 +94,7 @@ async def test_outcomes_finishing_together_share_one_statement_per_kind(store: S
     ids = await _claimed(store, owner, n)
     await _count_job_statements(store)
     metrics = Metrics()
-    writer = StatusWriter(store, owner, flush_ms=50, max_rows=1000, metrics=metrics)
+    writer = StatusWriter(store, owner, max_rows=1000, metrics=metrics)
     outcomes: list[Outcome] = []
     for i, job_id in enumerate(ids):
         if i % 3 == 0:
@@ -115,11 +115,77 @@ async def test_outcomes_finishing_together_share_one_statement_per_kind(store: S
     assert {r["status"]: r["n"] for r in statuses} == {"done": 30, "queued": 30, "failed": 30}
     statements = await store.pool.fetchval("SELECT count(*) FROM test_job_statements")
     # Handed over in one go, the outcomes are written one statement per kind per flush: 3
-    # when one flush takes them all, at most a few flushes' worth if a timer fell between.
+    # when one flush takes them all, a few more if a flush started before they all arrived.
     # Written one by one they would cost 90.
     assert 3 <= statements <= 9, statements
     assert metrics.total("db.status_statements") == statements
     assert metrics.total("db.status_rows") == n
+
+
+async def test_an_idle_writer_writes_each_outcome_at_once(store: Store) -> None:
+    """No timer stands between an outcome and its write: awaited one after another, each
+    outcome is written by a statement of its own, and each await returns (a writer that
+    waited for a timer or for company would hang here until the liveness guard)."""
+    owner = uuid.uuid4()
+    ids = await _claimed(store, owner, 20)
+    metrics = Metrics()
+    writer = StatusWriter(store, owner, metrics=metrics)
+    writer.start()
+    try:
+        async with asyncio.timeout(60):  # liveness guard only
+            for i, job_id in enumerate(ids):
+                assert await writer.write(_done(job_id, f"# T{i}\n\nwords"))
+                assert metrics.total("db.status_statements") == i + 1
+    finally:
+        await writer.close()
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 20
+
+
+async def _until_a_statement_waits_on_a_lock(store: Store) -> None:
+    while True:
+        waiting = await store.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_outcomes_arriving_during_a_flush_are_written_together_by_the_next(
+    store: Store,
+) -> None:
+    """Group commit: while one flush waits on the database, every outcome that arrives is
+    taken by the next flush in one statement."""
+    owner = uuid.uuid4()
+    first, *rest = await _claimed(store, owner, 41)
+    await _count_job_statements(store)
+    metrics = Metrics()
+    writer = StatusWriter(store, owner, metrics=metrics)
+    writer.start()
+    try:
+        async with asyncio.timeout(60), store.pool.acquire() as locker:  # liveness guard only
+            # Hold the first job's row so the flush that writes it waits on the lock.
+            blocker = locker.transaction()
+            await blocker.start()
+            await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", first)
+            first_written = asyncio.create_task(writer.write(_done(first, "# First\n\nwords")))
+            await _until_a_statement_waits_on_a_lock(store)
+            later = [
+                asyncio.create_task(writer.write(_done(job_id, f"# T{i}\n\nwords")))
+                for i, job_id in enumerate(rest)
+            ]
+            await asyncio.sleep(0)  # every write above has queued its outcome
+            await blocker.rollback()
+            results = await asyncio.gather(first_written, *later)
+    finally:
+        await writer.close()
+    assert results == [True] * 41
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 41
+    # One statement for the flush that waited, one for the forty outcomes that piled up.
+    assert await store.pool.fetchval("SELECT count(*) FROM test_job_statements") == 2
+    assert metrics.total("db.status_statements") == 2
+    assert metrics.total("db.status_rows") == 41
 
 
 async def test_progress_bars_end_on_the_final_counts(store: Store) -> None:

@@ -63,7 +63,7 @@ async def test_rows_written_before_a_transient_error_are_not_counted_fenced_out(
     )
     first, blank, last = sorted(j.id for j in await store.jobs_claim(owner, 3))
     await store.pool.execute(ONE_TRANSIENT_FAILURE.format(job_id=int(last)))
-    writer = StatusWriter(store, owner, flush_ms=10, metrics=Metrics())
+    writer = StatusWriter(store, owner, metrics=Metrics())
     writer.start()
     try:
         # The blank answer makes the database refuse the batch, so the writer falls back to

@@ -28,7 +28,6 @@ def _worker_env(database_url: str, base_url: str) -> dict[str, str]:
         BULKGEN_CONCURRENCY="8",
         BULKGEN_LEASE_S=str(FAST["lease_s"]),
         BULKGEN_HEARTBEAT_S=str(FAST["heartbeat_s"]),
-        BULKGEN_STATUS_FLUSH_MS="20",
     )
     return env
 

@@ -1,9 +1,12 @@
-"""Batched, coalesced status writes.
+"""Group-committed, coalesced status writes.
 
 A job costs two writes to its ``jobs`` row (its claim and its finish) and far less than one
-statement: outcomes of all jobs finishing within ``flush_ms`` are written together, at most
-``max_rows`` at a time, one statement per kind (done, retry, failed). Nothing is written
-between the claim and the finish.
+statement: a flush starts as soon as there is an outcome to write and no flush is running,
+and the outcomes that arrive while it runs are written together by the next one, at most
+``max_rows`` at a time, one statement per kind (done, retry, failed). An idle writer thus
+writes an outcome at once, and a busy one batches as much as the database's own latency
+lets pile up, with no timer in between. Nothing is written between the claim and the
+finish.
 
 A caller awaits its outcome's write, so a worker never reports a job finished that the
 database does not know about. If the database is away, outcomes wait in memory and the
@@ -30,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 Outcome = DoneRow | RetryRow | FailedRow
 
+# Backoff between flushes while the database fails: doubled after each failure up to the cap.
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
+
 
 @dataclass
 class _Pending:
@@ -45,17 +52,16 @@ class StatusWriter:
         store: Store,
         worker_id: uuid.UUID,
         *,
-        flush_ms: int,
         max_rows: int = 500,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
-        self._flush_s = flush_ms / 1000
         self._max_rows = max_rows
         self._metrics = metrics or default_metrics
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -65,37 +71,44 @@ class StatusWriter:
         """Queue one outcome; True once written, False if the fence refused it (taken over)."""
         pending = _Pending(row)
         self._pending.append(pending)
-        if len(self._pending) >= self._max_rows:
-            self._wake.set()
+        self._wake.set()
         return await asyncio.shield(pending.written)
 
     async def close(self) -> None:
-        """Write everything still pending, then stop."""
+        """Write everything still pending, then stop. A flush under way is let finish, never
+        cut in the middle; if the database still fails, the StorageError is raised here."""
+        self._closing.set()
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await task
         while self._pending:
             await self._flush_once()
 
     async def _run(self) -> None:
-        backoff_s = self._flush_s
+        """Flush while there is something to write, then sleep until the next outcome."""
+        backoff_s = BACKOFF_FIRST_S
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._flush_s)
-            self._wake.clear()
+            if not self._pending:
+                if self._closing.is_set():
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
             try:
                 await self._flush_once()
-                backoff_s = self._flush_s
+                backoff_s = BACKOFF_FIRST_S
             except StorageError as exc:
-                backoff_s = min(5.0, backoff_s * 2)
+                if self._closing.is_set():
+                    raise
                 logger.warning(
                     "status_writer.flush_failed",
                     extra={"pending": len(self._pending), "error": str(exc)},
                 )
                 self._metrics.inc("db.flush_failed")
-                await asyncio.sleep(backoff_s)
+                with contextlib.suppress(TimeoutError):  # closing cuts the wait short
+                    await asyncio.wait_for(self._closing.wait(), backoff_s)
+                backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
 
     async def _flush_once(self) -> None:
         """Write up to ``max_rows`` outcomes, one statement per kind. Each outcome is

@@ -342,7 +342,11 @@ class Worker:
             self._wake.set()
 
     async def _listen(self) -> None:
-        """LISTEN on one pooled connection; a hint only, polling covers its loss."""
+        """LISTEN on one pooled connection; a hint only, polling covers its loss.
+
+        The connection is closed rather than handed back: releases skip the reset query
+        (see ``db.pool``), and closing is the one way out that cannot fail half-way or be
+        interrupted, so the LISTEN never reaches another caller."""
 
         def on_notify(*_: object) -> None:
             self._wake.set()
@@ -356,8 +360,7 @@ class Worker:
                     try:
                         await lost.wait()
                     finally:
-                        with contextlib.suppress(Exception):
-                            await conn.remove_listener("bulkgen_jobs", on_notify)
+                        conn.terminate()
             except Exception as exc:  # a lost listener is only a lost hint
                 logger.warning("worker.listen_failed", extra={"error": str(exc)})
                 await asyncio.sleep(self.config.poll_s)

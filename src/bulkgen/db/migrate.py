@@ -52,5 +52,11 @@ async def migrate(pool: asyncpg.Pool[Any]) -> list[str]:
                 logger.info("db.migrated", extra={"migration": name})
                 applied.append(name)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+            except BaseException:
+                # Releases skip the reset query (see db.pool): a lock still held must not
+                # go back to the pool, where it would block every later migration.
+                conn.terminate()
+                raise
     return applied

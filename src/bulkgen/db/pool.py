@@ -4,6 +4,14 @@ Every process owns exactly one ``asyncpg`` pool whose ``max_size`` (``BULKGEN_DB
 is a hard cap: callers wait for a free connection instead of opening one, so a batch of any
 size uses at most that many connections per process. Driver errors become
 :class:`StorageError` here, marked transient or not by their SQLSTATE class.
+
+A connection goes back to the pool without asyncpg's reset query (``RESET ALL``, ``UNLISTEN
+*``, advisory locks released...): that query is a round trip and a transaction of its own
+on every release, half of all the transactions a worker makes. asyncpg still rolls back a
+transaction left open, which costs nothing when there is none. So the rule is: code that
+gives a session state of its own (LISTEN, a session advisory lock, ``SET``) undoes it
+before the connection goes back, or closes the connection (``terminate()``), so that no
+other caller ever gets a connection carrying it. ``worker._listen`` and ``migrate`` do.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _release_as_is(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset: nothing to undo beyond what asyncpg already did (see the module
+    docstring); replaces the default reset query that every release would send."""
+
+
 async def create_pool(
     dsn: str, *, max_size: int, min_size: int, command_timeout_s: float
 ) -> asyncpg.Pool[Any]:
@@ -44,6 +57,7 @@ async def create_pool(
             max_size=max_size,
             command_timeout=command_timeout_s,
             init=_init_connection,
+            reset=_release_as_is,
             # JIT compiles for queries the planner guesses are big; the claim's LIMIT per
             # account is only known at run time, so it would pay ~15-200 ms of compiling for
             # ~2 ms of work. Short OLTP statements never gain from it.

@@ -17,6 +17,10 @@ Where the ledger lives:
 Seeding: the first reservation for a batch finds no ledger (``unseeded``); the worker then
 reads the batch's cost so far from the database - one statement per batch per worker, never
 per job - and retries with it. A restarted fleet therefore continues from what was spent.
+The read that fetches a batch's cap brings its spend too, and seeds the ledger in the same
+reservation. Jobs of one batch that ask at the same moment share one read (single-flight),
+so a worker starting many jobs of a new batch at once takes one connection for it, not one
+per job; a read is shared only while it runs, and one that failed is read again.
 
 Decisions (:func:`admit`): the call fits if ``spent + reserved + amount <= cap``. If it does
 not fit but would without the calls in flight, it **waits** for them to settle (their real
@@ -305,21 +309,24 @@ class BudgetLedger:
         self._metrics = metrics
         self._clock = clock
         self._caps: dict[uuid.UUID, int | None] = {}
+        self._reading: dict[uuid.UUID, asyncio.Future[BudgetSeed]] = {}
         self._settled: dict[uuid.UUID, asyncio.Event] = {}
 
     async def reserve(
         self, batch_id: uuid.UUID, model: str, prompt_tokens: int, max_tokens: int
     ) -> Reservation | None:
         """Hold the call's worst case, or raise :class:`BudgetExceeded`; None: no cap."""
-        cap_nusd = await self._cap(batch_id)
+        cap_nusd, fresh = await self._cap(batch_id)
         if cap_nusd is None:
             return None
         worst = self.prices.worst_case_cost_usd(model, prompt_tokens, max_tokens)
         amount = to_nusd(worst)
         deadline = self._clock() + self._wait_s
         delay_s = self._poll_s
+        seed_nusd = None if fresh is None else to_nusd(fresh.spent_usd)
         while True:
-            decision, book = await self._reserve_once(batch_id, amount, cap_nusd)
+            decision, book = await self._reserve_once(batch_id, amount, cap_nusd, seed_nusd)
+            seed_nusd = None  # a seed is good only fresh: after a wait, read again if needed
             if decision == "ok":
                 self._metrics.inc("budget.reserved")
                 return Reservation(batch_id, amount, book)
@@ -352,20 +359,39 @@ class BudgetLedger:
         if event is not None:
             event.set()
 
-    async def _cap(self, batch_id: uuid.UUID) -> int | None:
-        if batch_id not in self._caps:
-            seed = await self._load(batch_id)
+    async def _cap(self, batch_id: uuid.UUID) -> tuple[int | None, BudgetSeed | None]:
+        """The batch's cap, and the seed when this call had to read it (then fresh enough to
+        seed the ledger with)."""
+        if batch_id in self._caps:
+            return self._caps[batch_id], None
+        seed = await self._read(batch_id)
+        if batch_id not in self._caps:  # callers sharing one read store it once
             if len(self._caps) >= _MAX_BATCHES_KNOWN:  # a long-lived worker sees many
                 del self._caps[next(iter(self._caps))]
             self._caps[batch_id] = None if seed.cap_usd is None else to_nusd(seed.cap_usd)
-        return self._caps[batch_id]
+        return self._caps[batch_id], seed
+
+    async def _read(self, batch_id: uuid.UUID) -> BudgetSeed:
+        """One database read for every caller asking about a batch while it runs. The read
+        is shared only in flight, never kept: spend moves on, and a failed read must not
+        stand for the next caller, who reads again."""
+        reading = self._reading.get(batch_id)
+        if reading is None or reading.done():
+            reading = self._reading[batch_id] = asyncio.ensure_future(self._load(batch_id))
+            reading.add_done_callback(lambda done: self._forget_read(batch_id, done))
+        # Shielded: a cancelled caller must not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    def _forget_read(self, batch_id: uuid.UUID, reading: asyncio.Future[BudgetSeed]) -> None:
+        if self._reading.get(batch_id) is reading:
+            del self._reading[batch_id]
 
     async def _reserve_once(
-        self, batch_id: uuid.UUID, amount: int, cap: int
+        self, batch_id: uuid.UUID, amount: int, cap: int, seed_nusd: int | None
     ) -> tuple[Decision, Book]:
-        answer, book = await self.backend.reserve(batch_id, amount, cap, None)
+        answer, book = await self.backend.reserve(batch_id, amount, cap, seed_nusd)
         if answer == "unseeded":
-            seed = await self._load(batch_id)
+            seed = await self._read(batch_id)
             spent = to_nusd(seed.spent_usd)
             answer, book = await self.backend.reserve(batch_id, amount, cap, spent)
         if answer == "unseeded":  # a backend must accept a seed; treat a bug as "no room"

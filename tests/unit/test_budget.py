@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from bulkgen.accounting import BudgetSeed
 from bulkgen.budget import BudgetLedger, MemoryLedger, admit, to_nusd
-from bulkgen.errors import BudgetContended, BudgetExceeded
+from bulkgen.errors import BudgetContended, BudgetExceeded, StorageError
 from bulkgen.metrics import Metrics
 from bulkgen.models import Usage
 from bulkgen.pricing import ModelPrice, PriceTable
@@ -30,6 +31,29 @@ class Loader:
     async def __call__(self, batch_id: uuid.UUID) -> BudgetSeed:
         self.reads += 1
         return self.seed
+
+
+class GatedLoader(Loader):
+    """A read that stays in flight until ``gate`` opens; the first ``failures`` reads fail."""
+
+    def __init__(self, cap_usd: str, failures: int = 0) -> None:
+        super().__init__(cap_usd)
+        self.gate = asyncio.Event()
+        self.failures = failures
+
+    async def __call__(self, batch_id: uuid.UUID) -> BudgetSeed:
+        self.reads += 1
+        await self.gate.wait()
+        if self.reads <= self.failures:
+            raise StorageError("reading the batch failed: connection lost", transient=True)
+        return self.seed
+
+
+async def _started(tasks: list[asyncio.Task[Any]]) -> None:
+    """Every task has run up to its first real wait (here, the loader's gate)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not any(t.done() for t in tasks)
 
 
 class SteppingClock:
@@ -87,7 +111,7 @@ async def test_reserve_holds_the_worst_case_and_settle_keeps_the_real_cost() -> 
     await budget.settle(held, "m", Usage(1_000, 1_500))
     await budget.settle(held, "m", Usage(1_000, 1_500))  # idempotent
     assert backend.spent_nusd(BATCH) == 2_500_000
-    assert loader.reads == 2  # the cap, then the seed: once per batch, not per call
+    assert loader.reads == 1  # the cap and the seed in one read: once per batch, not per call
 
 
 async def test_the_seed_counts_what_was_spent_before() -> None:
@@ -140,3 +164,49 @@ async def test_waiting_is_bounded() -> None:
     with pytest.raises(BudgetContended):
         await budget.reserve(BATCH, "m", 0, 6_000)
     assert clock.now_s < 3.0  # gave up at the deadline, not later
+
+
+async def test_jobs_of_a_new_batch_starting_together_share_one_read() -> None:
+    loader = GatedLoader("1")
+    budget = ledger(loader)
+    first_uses = [asyncio.create_task(budget.reserve(BATCH, "m", 0, 1_000)) for _ in range(20)]
+    await _started(first_uses)
+    loader.gate.set()
+    held = await asyncio.gather(*first_uses)
+    assert all(h is not None for h in held)
+    assert loader.reads == 1  # not 20 (nor 40: the same read seeded the ledger)
+    # The ledger lapses (a Redis key expired): the jobs finding it unseeded together share
+    # one read again.
+    assert isinstance(budget.backend, MemoryLedger)
+    budget.backend.forget(BATCH)
+    loader.gate.clear()
+    reseeds = [asyncio.create_task(budget.reserve(BATCH, "m", 0, 1_000)) for _ in range(10)]
+    await _started(reseeds)
+    loader.gate.set()
+    await asyncio.gather(*reseeds)
+    assert loader.reads == 2
+
+
+async def test_a_failed_read_is_not_kept_and_the_next_caller_reads_again() -> None:
+    loader = GatedLoader("1", failures=1)
+    budget = ledger(loader)
+    sharing = [asyncio.create_task(budget.reserve(BATCH, "m", 0, 1_000)) for _ in range(5)]
+    await _started(sharing)
+    loader.gate.set()
+    results = await asyncio.gather(*sharing, return_exceptions=True)
+    assert all(isinstance(r, StorageError) for r in results)  # all shared the one failure
+    assert loader.reads == 1
+    assert await budget.reserve(BATCH, "m", 0, 1_000) is not None
+    assert loader.reads == 2
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_read_others_share() -> None:
+    loader = GatedLoader("1")
+    budget = ledger(loader)
+    leaving, staying = (asyncio.create_task(budget.reserve(BATCH, "m", 0, 1_000)) for _ in "ab")
+    await _started([leaving, staying])
+    leaving.cancel()
+    loader.gate.set()
+    assert await staying is not None
+    assert leaving.cancelled()
+    assert loader.reads == 1

@@ -163,6 +163,7 @@ def worker_config(
         heartbeat_s=settings.heartbeat_s,
         poll_s=settings.poll_s,
         shutdown_grace_s=settings.shutdown_grace_s,
+        status_linger_ms=settings.status_linger_ms,
         max_attempts=settings.max_attempts,
         cache_scope=settings.cache_scope,
         burst=burst,

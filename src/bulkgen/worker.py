@@ -57,6 +57,7 @@ class WorkerConfig:
     heartbeat_s: float
     poll_s: float
     shutdown_grace_s: float
+    status_linger_ms: int
     max_attempts: int
     cache_scope: Literal["account", "global"]
     burst: bool = False
@@ -105,7 +106,9 @@ class Worker:
         self.pipeline = pipeline
         self.config = config
         self.metrics = metrics
-        self.writer = StatusWriter(store, self.id, metrics=metrics)
+        self.writer = StatusWriter(
+            store, self.id, linger_ms=config.status_linger_ms, metrics=metrics
+        )
         self.tally = WorkerTally()
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()

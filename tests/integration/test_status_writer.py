@@ -205,3 +205,33 @@ async def test_progress_bars_end_on_the_final_counts(store: Store) -> None:
     lines = out.getvalue().splitlines()
     assert any(line.startswith("done") and "3/3" in line for line in lines)
     assert any(line.startswith("running") and "0/3" in line for line in lines)
+
+
+async def test_a_lingering_writer_waits_for_company_but_never_past_a_full_statement(
+    store: Store,
+) -> None:
+    """With a linger far longer than the test may last, outcomes are still written: a full
+    statement's worth ends the wait, and so does close()."""
+    owner = uuid.uuid4()
+    ids = await _claimed(store, owner, 6)
+    metrics = Metrics()
+    writer = StatusWriter(store, owner, max_rows=5, linger_ms=3_600_000, metrics=metrics)
+    writer.start()
+    try:
+        async with asyncio.timeout(60):  # liveness guard only
+            full = await asyncio.gather(
+                *(
+                    writer.write(_done(job_id, f"# T{i}\n\nwords"))
+                    for i, job_id in enumerate(ids[:5])
+                )
+            )
+            assert full == [True] * 5
+            assert metrics.total("db.status_statements") == 1  # the five waited for each other
+            last = asyncio.create_task(writer.write(_done(ids[5], "# Last\n\nwords")))
+            await asyncio.sleep(0)  # queued, and lingering
+            await writer.close()
+            assert await last
+    finally:
+        await writer.close()
+    assert metrics.total("db.status_statements") == 2
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 6

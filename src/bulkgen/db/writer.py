@@ -8,6 +8,11 @@ writes an outcome at once, and a busy one batches as much as the database's own 
 lets pile up, with no timer in between. Nothing is written between the claim and the
 finish.
 
+``linger_ms`` (0 by default) trades latency for fewer statements: a flush first waits that
+long for company, unless ``max_rows`` outcomes are already waiting. Every job then holds
+its slot that much longer, so it only pays where the database, not the provider, is the
+bottleneck.
+
 A caller awaits its outcome's write, so a worker never reports a job finished that the
 database does not know about. If the database is away, outcomes wait in memory and the
 flush is retried with backoff; nothing is dropped.
@@ -53,11 +58,13 @@ class StatusWriter:
         worker_id: uuid.UUID,
         *,
         max_rows: int = 500,
+        linger_ms: int = 0,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
         self._max_rows = max_rows
+        self._linger_s = linger_ms / 1000
         self._metrics = metrics or default_metrics
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -95,6 +102,8 @@ class StatusWriter:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
+            if self._linger_s:
+                await self._linger()
             try:
                 await self._flush_once()
                 backoff_s = BACKOFF_FIRST_S
@@ -109,6 +118,19 @@ class StatusWriter:
                 with contextlib.suppress(TimeoutError):  # closing cuts the wait short
                     await asyncio.wait_for(self._closing.wait(), backoff_s)
                 backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
+
+    async def _linger(self) -> None:
+        """Wait ``linger_ms`` for more outcomes; a full statement's worth, or close(), ends
+        the wait early."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger_s
+        while len(self._pending) < self._max_rows and not self._closing.is_set():
+            left_s = deadline - loop.time()
+            if left_s <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left_s)
 
     async def _flush_once(self) -> None:
         """Write up to ``max_rows`` outcomes, one statement per kind. Each outcome is

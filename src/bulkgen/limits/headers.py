@@ -187,6 +187,18 @@ def retry_after_s(headers: Mapping[str, str], now_epoch_s: float) -> float | Non
     return max(0.0, moment.timestamp() - now_epoch_s)
 
 
+_LIMIT_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimit-")
+
+
+def announces_limits(headers: Mapping[str, str]) -> bool:
+    """True when an answer carries any rate-limit header or wait hint (names lower-cased):
+    a 429 without one comes from a server that is full, not from a rate limit."""
+    return any(
+        name.startswith(_LIMIT_HEADER_PREFIXES) or name in ("retry-after", "retry-after-ms")
+        for name in headers
+    )
+
+
 def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 

@@ -142,6 +142,16 @@ def test_known_rates_stay_in_charge_until_the_server_says_it_is_full() -> None:
     assert policy.concurrency_limit() == policy.adaptive.value() < 52
 
 
+def test_slow_answers_alone_never_cap_known_rates() -> None:
+    policy = RatePolicy(PolicyConfig(target_share=1.0))
+    policy.learn(RateLimitSnapshot(limit_rpm=600))
+    changes = [policy.on_success(1.0, i * 0.1) for i in range(100)]
+    changes += [policy.on_success(5.0, 10.0 + i) for i in range(15)]
+    assert any(c is not None and c.reason == "latency" for c in changes)  # it did see them
+    assert not policy.adaptive.engaged
+    assert policy.concurrency_limit() > policy.adaptive.value()
+
+
 def test_without_rates_the_probed_limit_is_the_concurrency() -> None:
     policy = RatePolicy(PolicyConfig(max_concurrency=20))
     for _ in range(3):

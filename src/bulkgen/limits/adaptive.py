@@ -69,14 +69,16 @@ class AdaptiveLimit:
         self._recent_s: float | None = None
         self._normal_s: float | None = None
         self._answers = 0
-        self.overloads = 0  # overload signals seen (an engaged limit caps learned rates)
+        self.overloads = 0  # overload answers seen (an engaged limit caps learned rates)
 
     def value(self) -> int:
         return max(1, min(self.config.ceiling, math.floor(self._limit)))
 
     @property
     def engaged(self) -> bool:
-        """True once the server has said it was full: the limit then means something."""
+        """True once the server has answered that it was full. Slow answers alone never
+        engage the limit: a provider announcing rates may answer slowly for other reasons
+        (longer answers), and its rates stay in charge."""
         return self.overloads > 0
 
     def round_trip_s(self) -> float:
@@ -98,7 +100,8 @@ class AdaptiveLimit:
         self, now_s: float, *, reason: str = "overload", backoff: float | None = None
     ) -> LimitChange | None:
         """Cut, unless a cut happened within the last round trip (then None)."""
-        self.overloads += 1
+        if reason == "overload":
+            self.overloads += 1
         last = self._last_cut_s
         if last is not None and now_s - last < self.round_trip_s():
             return None

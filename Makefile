@@ -38,6 +38,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/claim.py
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/ratelimit.py
+	$(BIN)/python bench/capacity.py --workers 1 3
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/markdown.py
 	$(BIN)/python bench/api.py

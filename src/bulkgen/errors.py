@@ -21,6 +21,7 @@ budget ledger). Callers only ever catch our types::
     ├── ApiError                    the HTTP API refused a Client call or could not be reached
     └── ProviderError               one provider call failed; knows if a retry may help
         ├── RateLimited             429 rate_limit_exceeded (snooze, never burns an attempt)
+        ├── ProviderOverloaded      503/529 "overloaded", a 429 without limit headers (snooze)
         ├── QuotaExhausted          429 insufficient_quota (fails at once)
         ├── ProviderRejected        400/401/403/404/422 (fails at once)
         ├── ProviderUnavailable     5xx
@@ -116,6 +117,15 @@ class RateLimited(ProviderError):
     """429 rate limit: the request was fine, the fleet was too fast."""
 
     kind = "rate_limited"
+
+
+class ProviderOverloaded(ProviderError):
+    """The server is full: a 503 (or 529) saying it is overloaded, or a 429 with neither
+    rate-limit headers nor a wait hint, as self-hosted servers and gateways answer when
+    more requests are in flight than they take. The request was fine, the fleet sent too
+    many at once: it snoozes like a 429, never burning an attempt."""
+
+    kind = "overloaded"
 
 
 class QuotaExhausted(ProviderError):

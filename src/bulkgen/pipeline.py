@@ -25,6 +25,7 @@ from bulkgen.errors import (
     BudgetExceeded,
     BulkgenError,
     InputError,
+    ProviderOverloaded,
     QuotaExhausted,
     RateLimited,
     RendererUnavailable,
@@ -226,6 +227,10 @@ class Pipeline:
                     completion = await self.provider.complete(request)
                 except (RateLimited, QuotaExhausted):  # the provider's two kinds of 429
                     receipt.calls_429 += 1
+                    raise
+                except ProviderOverloaded as exc:
+                    if exc.status_code == 429:  # a bare 429 counts in the batch's 429 share
+                        receipt.calls_429 += 1
                     raise
                 receipt.answered(completion, request.model)
                 await slot.record(completion)

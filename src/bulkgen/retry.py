@@ -7,6 +7,11 @@ The pipeline asks :meth:`RetryPolicy.decide` and turns the returned
   jittered 1-5 s when it gave none, until the job's total rate-limit wait would pass
   ``rate_limit_max_wait_s``: then **fail** as ``rate_limited``. An exhausted 429 budget
   ends loudly as ``failed``, never as an empty ``done``.
+- ``ProviderOverloaded`` (a full server: 503 "overloaded", a 429 without limit headers):
+  the same snooze as a 429 (0.5-2 s without a hint: a full server frees a place as soon as
+  one answer is out), bounded by the same total wait, failing as ``overloaded``. Not
+  the job's fault, so it never burns an attempt, however long a batch runs into a full
+  server. A 500, a malformed answer or a dropped connection still do (below).
 - ``QuotaExhausted``, ``ProviderRejected``, ``RequestTooLarge``, ``BudgetExceeded`` and any
   other non-retryable provider error: **fail** at once; retrying cannot help and costs money.
 - ``InvalidOutput`` with kind ``truncated``: the first time, **retry** at once with a larger
@@ -29,6 +34,7 @@ from bulkgen.errors import (
     BudgetExceeded,
     InvalidOutput,
     ProviderError,
+    ProviderOverloaded,
     RateLimited,
     RequestTooLarge,
 )
@@ -40,6 +46,9 @@ __all__ = ["RetryDecision", "RetryPolicy"]
 # jittered so a fleet of snoozed jobs does not come back in the same instant.
 RATE_LIMIT_DEFAULT_MIN_S = 1.0
 RATE_LIMIT_DEFAULT_MAX_S = 5.0
+# A full server without a hint frees a place as soon as one answer is out: come back sooner.
+OVERLOAD_DEFAULT_MIN_S = 0.5
+OVERLOAD_DEFAULT_MAX_S = 2.0
 # Exponents beyond this cannot matter (2**60 s dwarfs any cap) and would only risk overflow.
 _MAX_EXPONENT = 60
 
@@ -102,10 +111,11 @@ class RetryPolicy:
     ) -> RetryDecision:
         """The verdict for ``error``, raised by attempt number ``attempts`` (1-based).
 
-        ``rate_limited_s`` is the time this job has already spent snoozing on rate limits;
+        ``rate_limited_s`` is the time this job has already spent snoozing (rate limits,
+        overloads);
         ``grew_max_tokens`` says whether the truncation retry was already used.
         """
-        if isinstance(error, RateLimited):
+        if isinstance(error, RateLimited | ProviderOverloaded):
             return self._rate_limited(error, rate_limited_s)
         if isinstance(error, RequestTooLarge):
             return _fail("request_too_large")
@@ -125,9 +135,13 @@ class RetryPolicy:
         ceiling_s = min(self.cap_s, self.base_s * 2.0**exponent)
         return self._rng.uniform(0.0, ceiling_s)
 
-    def _rate_limited(self, error: RateLimited, rate_limited_s: float) -> RetryDecision:
+    def _rate_limited(
+        self, error: RateLimited | ProviderOverloaded, rate_limited_s: float
+    ) -> RetryDecision:
         delay_s = error.retry_after_s
-        if delay_s is None:
+        if delay_s is None and isinstance(error, ProviderOverloaded):
+            delay_s = self._rng.uniform(OVERLOAD_DEFAULT_MIN_S, OVERLOAD_DEFAULT_MAX_S)
+        elif delay_s is None:
             delay_s = self._rng.uniform(RATE_LIMIT_DEFAULT_MIN_S, RATE_LIMIT_DEFAULT_MAX_S)
         delay_s = max(0.0, delay_s)
         if rate_limited_s + delay_s > self.rate_limit_max_wait_s:

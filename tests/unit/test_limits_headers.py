@@ -201,3 +201,58 @@ def test_bucket_depth_from_simulator_headers_under_time_scale() -> None:
     }
     snapshot = parse_rate_limit_headers(headers, now_epoch_s=0.0)
     assert snapshot.bucket_depth_s() == pytest.approx(0.016 + 7 * 60 / 5000)
+
+
+def test_gateway_scoped_headers_are_read_like_openai_ones() -> None:
+    snap = parse_rate_limit_headers(
+        {
+            "x-ratelimit-api_key-limit-requests": "300",
+            "x-ratelimit-api_key-remaining-requests": "120",
+            "x-ratelimit-api_key-limit-tokens": "90000",
+            "x-ratelimit-api_key-remaining-tokens": "45000",
+        },
+        now_epoch_s=NOW,
+    )
+    assert (snap.limit_rpm, snap.remaining_requests) == (300, 120)
+    assert (snap.limit_tpm, snap.remaining_tokens) == (90000, 45000)
+
+
+def test_the_tightest_limit_announced_wins() -> None:
+    snap = parse_rate_limit_headers(
+        {
+            # The provider's own budget, passed through by the gateway...
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9990",
+            "x-ratelimit-reset-requests": "6ms",
+            "x-ratelimit-limit-tokens": "2000000",
+            # ...and the gateway's budgets for the key, the user, the team, the end user.
+            "X-RateLimit-API_Key-Limit-Requests": "300",
+            "x-ratelimit-api_key-remaining-requests": "250",
+            "x-ratelimit-user-limit-requests": "600",
+            "x-ratelimit-user-remaining-requests": "40",
+            "x-ratelimit-team-limit-tokens": "50000",
+            "x-ratelimit-team-remaining-tokens": "1000",
+            "x-ratelimit-end-user-limit-tokens": "80000",
+            "x-ratelimit-end_user-remaining-tokens": "70000",
+            "anthropic-ratelimit-requests-limit": "5",  # x-ratelimit names win
+        },
+        now_epoch_s=NOW,
+    )
+    assert (snap.limit_rpm, snap.remaining_requests) == (300, 40)
+    assert (snap.limit_tpm, snap.remaining_tokens) == (50000, 1000)
+    assert snap.reset_requests_s == pytest.approx(0.006)
+
+
+def test_a_malformed_scoped_header_is_ignored_not_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        snap = parse_rate_limit_headers(
+            {
+                "x-ratelimit-api_key-limit-requests": "lots",
+                "x-ratelimit-team-limit-requests": "900",
+            },
+            now_epoch_s=NOW,
+        )
+    assert snap.limit_rpm == 900
+    assert any(r.getMessage() == "limiter.header_malformed" for r in caplog.records)

@@ -69,10 +69,10 @@ def test_aimd_decreases_once_per_holdoff_and_recovers_additively() -> None:
     assert policy.on_rate_limited(11.5)
     assert policy.factor == pytest.approx(0.64)
     for _ in range(4):
-        policy.on_success(1.0)
+        policy.on_success(1.0, 0.0)
     assert policy.factor == pytest.approx(0.84)
     for _ in range(10):
-        policy.on_success(1.0)
+        policy.on_success(1.0, 0.0)
     assert policy.factor == 1.0  # never above the known limit
 
 
@@ -98,8 +98,8 @@ def test_auto_learns_limits_and_configured_limits_take_the_minimum() -> None:
 def test_auto_starts_with_one_in_flight_then_ramps() -> None:
     policy = RatePolicy(PolicyConfig())
     assert policy.concurrency_limit() == 1
-    policy.on_success(2.0)
-    policy.on_success(2.0)
+    policy.on_success(2.0, 0.0)
+    policy.on_success(2.0, 0.0)
     assert policy.concurrency_limit() == 3  # no headers: one more per success
     policy.on_rate_limited(0.0)
     assert policy.concurrency_limit() == 1
@@ -108,7 +108,7 @@ def test_auto_starts_with_one_in_flight_then_ramps() -> None:
 def test_concurrency_follows_littles_law() -> None:
     policy = RatePolicy(PolicyConfig(rpm=600, headroom=1.3, latency_quantile=0.9, target_share=1.0))
     for latency_s in [1.0] * 90 + [4.0] * 10:
-        policy.on_success(latency_s)
+        policy.on_success(latency_s, 0.0)
     # 10 requests/s * p90 latency 4 s * 1.3 headroom
     assert policy.concurrency_limit() == 52
     policy.note_reserved(2_000)
@@ -118,10 +118,10 @@ def test_concurrency_follows_littles_law() -> None:
 
 def test_user_cap_wins_and_floor_is_one() -> None:
     capped = RatePolicy(PolicyConfig(rpm=6_000, max_concurrency=5))
-    capped.on_success(10.0)
+    capped.on_success(10.0, 0.0)
     assert capped.concurrency_limit() == 5
     slow = RatePolicy(PolicyConfig(rpm=1))
-    slow.on_success(0.01)
+    slow.on_success(0.01, 0.0)
     assert slow.concurrency_limit() == 1
 
 

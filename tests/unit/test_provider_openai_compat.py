@@ -18,6 +18,7 @@ from bulkgen.errors import (
     InvalidOutput,
     ProviderConnectionError,
     ProviderError,
+    ProviderOverloaded,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -177,8 +178,10 @@ async def test_finish_reason_length_is_passed_through() -> None:
     ("status", "code", "expected", "retryable"),
     [
         (429, "insufficient_quota", QuotaExhausted, False),
-        (429, "rate_limit_exceeded", RateLimited, True),
-        (429, None, RateLimited, True),
+        # Without limit headers or a wait hint a 429 says the server is full (see below).
+        (429, "rate_limit_exceeded", ProviderOverloaded, True),
+        (429, None, ProviderOverloaded, True),
+        (529, "overloaded_error", ProviderOverloaded, True),
         (400, "invalid_request_error", ProviderRejected, False),
         (401, "invalid_api_key", ProviderRejected, False),
         (403, None, ProviderRejected, False),
@@ -354,3 +357,43 @@ async def test_connection_dropped_mid_body_is_connection_error() -> None:
 
     error = await call_error(handler)
     assert type(error) is ProviderConnectionError
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-ratelimit-limit-requests": "500"}, RateLimited),
+        ({"X-RateLimit-Remaining-Tokens": "0"}, RateLimited),
+        ({"x-ratelimit-api_key-remaining-requests": "0"}, RateLimited),
+        ({"anthropic-ratelimit-requests-remaining": "0"}, RateLimited),
+        ({"retry-after": "2"}, RateLimited),
+        ({"retry-after-ms": "150"}, RateLimited),
+        ({}, ProviderOverloaded),
+        ({"server": "uvicorn"}, ProviderOverloaded),
+    ],
+)
+async def test_a_429_is_a_rate_limit_only_when_it_says_so(
+    headers: dict[str, str], expected: type[ProviderError]
+) -> None:
+    error = await call_error(error_response(429, "rate_limit_exceeded", **headers))
+    assert type(error) is expected and error.retryable
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "expected"),
+    [
+        ("The engine is currently overloaded, please try again later", None, ProviderOverloaded),
+        ("busy", "overloaded", ProviderOverloaded),
+        ("Service unavailable", None, ProviderUnavailable),
+        ("nope", None, ProviderUnavailable),
+    ],
+)
+async def test_a_503_is_an_overload_only_when_it_says_so(
+    message: str, code: str | None, expected: type[ProviderError]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"error": {"message": message, "type": "server_error", "code": code}}
+        return httpx.Response(503, json=body)
+
+    error = await call_error(handler)
+    assert type(error) is expected and error.status_code == 503

@@ -13,6 +13,7 @@ from bulkgen.errors import (
     InvalidOutput,
     ProviderConnectionError,
     ProviderError,
+    ProviderOverloaded,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -270,3 +271,42 @@ def test_from_settings_reads_the_retry_knobs() -> None:
 def test_invalid_knobs_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+# Overload: a full server is not the job's fault. Snooze like a 429, never burn an attempt.
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProviderOverloaded("503 overloaded", status_code=503),
+        ProviderOverloaded("bare 429", status_code=429),
+    ],
+)
+def test_overload_snoozes_without_an_attempt_until_the_wait_budget(error: ProviderError) -> None:
+    p = policy(max_attempts=2, rate_limit_max_wait_s=60.0)
+    for attempts in (1, 2, 5, 50):  # however often it happens: max_attempts never applies
+        d = decide(p, error, attempts=attempts, rate_limited_s=10.0)
+        assert d.action == "snooze" and not d.burns_attempt
+        assert d.error_kind == "overloaded"
+        assert 0.5 <= d.delay_s <= 2.0
+    assert decide(p, error, rate_limited_s=59.9) == RetryDecision(
+        "fail", 0.0, burns_attempt=False, error_kind="overloaded"
+    )
+
+
+def test_overload_honours_a_wait_hint() -> None:
+    d = decide(policy(), ProviderOverloaded("503", status_code=503, retry_after_s=7.0))
+    assert (d.action, d.delay_s, d.burns_attempt) == ("snooze", 7.0, False)
+
+
+def test_an_outage_still_costs_attempts_beside_overload() -> None:
+    p = policy(max_attempts=2)
+    for error in (
+        ProviderUnavailable("500", status_code=500),
+        ProviderUnavailable("503", status_code=503),
+        InvalidOutput("junk", reason="malformed"),
+        ProviderConnectionError("reset"),
+    ):
+        assert decide(p, error, attempts=1).burns_attempt
+        assert decide(p, error, attempts=2).action == "fail"

@@ -5,12 +5,16 @@ from __future__ import annotations
 import random
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from bulkgen import simulator
 from bulkgen.simulator.article import keyword_of, write_article
+from bulkgen.simulator.cli import simulate
 from bulkgen.simulator.config import ConfigError, SimConfig, apply_changes, parse_fault_rate
 from bulkgen.simulator.faults import FaultPicker
 from bulkgen.simulator.ratelimit import ModelLimiter, TokenBucket, go_duration
+from bulkgen.simulator.server import config_to_args
 from bulkgen.simulator.tokens import count_tokens, prompt_tokens
 
 
@@ -124,3 +128,28 @@ def test_article_is_deterministic_markdown_within_its_target() -> None:
     assert "trail running" in text.lower()
     assert count_tokens(text) <= 400
     assert keyword_of("Write an article about: Best Budget Laptops.\n") == "Best Budget Laptops"
+
+
+def test_overload_settings_are_validated_and_survive_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for bad in ({"max_inflight": -1}, {"max_inflight": 2.5}, {"overload_status": 500}):
+        with pytest.raises(ConfigError):
+            apply_changes(SimConfig(), bad)
+    changed = apply_changes(SimConfig(), {"max_inflight": 8, "overload_status": 429})
+    assert (changed.max_inflight, changed.overload_status) == (8, 429)
+    served: list[SimConfig] = []
+    monkeypatch.setattr(
+        "bulkgen.simulator.cli.serve", lambda config, *_args, **_kw: served.append(config)
+    )
+    app = typer.Typer()
+    app.command()(simulate)
+    for config in (changed, SimConfig()):
+        result = CliRunner().invoke(app, config_to_args(config))
+        assert result.exit_code == 0, result.output
+        assert (served[-1].max_inflight, served[-1].overload_status) == (
+            config.max_inflight,
+            config.overload_status,
+        )
+    refused = CliRunner().invoke(app, ["--overload-status=500"])
+    assert refused.exit_code == 2 and "overload_status" in refused.output

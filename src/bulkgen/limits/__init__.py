@@ -1,8 +1,9 @@
 """Fleet-wide rate limiting: admission before sending, learned from the provider, shared.
 
 See ``governor.py`` for the door every provider call passes through, ``headers.py`` for
-what providers report, ``breaker.py`` for the circuit breaker and ``policy.py`` for how the
-target rate and the concurrency are chosen.
+what providers report, ``breaker.py`` for the circuit breaker, ``policy.py`` for how the
+target rate and the concurrency are chosen and ``adaptive.py`` for how the concurrency a
+server takes is found when it announces no limits.
 """
 
 from bulkgen.limits.breaker import BreakerState, CircuitBreaker

@@ -7,6 +7,12 @@ one probe request may run; its success closes the circuit, its failure re-opens 
 another cooldown. A probe that ends with neither verdict (invalid output, cancellation)
 hands the probe back so the next request can try. Results of requests that were already
 in flight when the circuit opened are ignored: they say nothing about the provider *now*.
+
+Overload answers (a full server) are not failures of a server that is answering others:
+``failure_threshold`` consecutive overloads open the circuit only when no request has
+succeeded for ``cooldown_s`` either (or none ever did). A server that is merely full
+keeps answering some requests and the circuit stays closed, while the concurrency limit
+does its work; a server that overloads every request, however few, is down.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class CircuitBreaker:
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._failures = 0
+        self._overloads = 0
+        self._last_success_s: float | None = None
         self._opened_at_s: float | None = None
         self._probe_out = False
 
@@ -69,6 +77,22 @@ class CircuitBreaker:
             self._probe_out = False
         if self._opened_at_s is None:
             self._failures = 0
+            self._overloads = 0
+            self._last_success_s = self._clock()
+
+    def record_overload(self, *, probe: bool) -> None:
+        """A full server's answer: a failure only once nothing has succeeded for a while."""
+        if probe:
+            self.record_failure(probe=True)
+            return
+        if self._opened_at_s is not None:
+            return
+        self._overloads += 1
+        last = self._last_success_s
+        quiet = last is None or self._clock() - last >= self._cooldown_s
+        if self._overloads >= self._threshold and quiet:
+            self._opened_at_s = self._clock()
+            self._overloads = 0
 
     def record_failure(self, *, probe: bool) -> None:
         if probe:

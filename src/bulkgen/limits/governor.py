@@ -5,8 +5,10 @@ pause, circuit breaker, concurrency lease, request and token rate), then the bod
 the provider and ``await slot.record(completion)``. Waiting never raises: the only error
 admission raises is :class:`~bulkgen.errors.RequestTooLarge`, for a request that could
 never fit. On exit the lease is released and the outcome feeds the policies: a 429
-pauses the whole fleet for this key and lowers the target rate; 5xx, timeouts and
-connection errors count toward the circuit breaker; the exception always propagates.
+pauses the whole fleet for this key and lowers the target rate; an overload answer (a
+full server: :class:`~bulkgen.errors.ProviderOverloaded`) cuts the requests in flight and
+counts toward the breaker only while nothing succeeds; 5xx, timeouts and connection
+errors count toward the circuit breaker; the exception always propagates.
 
 Reconciling tokens: a request reserves ``estimated_tokens`` (prompt estimate plus
 ``max_tokens``), as OpenAI counts at admission. OpenAI does not refund unused
@@ -30,11 +32,13 @@ from dataclasses import dataclass, field
 
 from bulkgen.errors import (
     ProviderConnectionError,
+    ProviderOverloaded,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     RequestTooLarge,
 )
+from bulkgen.limits.adaptive import Change, LimitChange
 from bulkgen.limits.backend import (
     AdmissionRequest,
     AdmissionResult,
@@ -172,24 +176,48 @@ class RateGovernor:
         except RateLimited as exc:
             await self._on_rate_limited(key, state, exc)
             raise
+        except ProviderOverloaded as exc:
+            self._metrics.inc("limiter.overloaded", model=key.model)
+            self._report(key, state.policy.on_overloaded(self._clock()))
+            self._breaker_failed(key, state, exc, probe=probe, overload=True)
+            raise
         except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError) as exc:
-            was_closed = state.breaker.state is BreakerState.CLOSED
-            state.breaker.record_failure(probe=probe)
-            self._breaker_gauge(key, state)
-            if state.breaker.state is BreakerState.OPEN and (was_closed or probe):
-                logger.warning(
-                    "breaker.opened" if was_closed else "breaker.probe_failed",
-                    extra={
-                        "model": key.model,
-                        "cooldown_s": self.config.breaker_cooldown_s,
-                        "error": str(exc)[:200],
-                    },
-                )
+            self._breaker_failed(key, state, exc, probe=probe, overload=False)
             raise
         finally:
             if probe and not slot.recorded:
                 state.breaker.release_probe()
             await self._backend.release(key, holder, local=result.local)
+
+    def _breaker_failed(
+        self, key: LimitKey, state: _KeyState, exc: Exception, *, probe: bool, overload: bool
+    ) -> None:
+        was_closed = state.breaker.state is BreakerState.CLOSED
+        if overload:
+            state.breaker.record_overload(probe=probe)
+        else:
+            state.breaker.record_failure(probe=probe)
+        self._breaker_gauge(key, state)
+        if state.breaker.state is BreakerState.OPEN and (was_closed or probe):
+            logger.warning(
+                "breaker.opened" if was_closed else "breaker.probe_failed",
+                extra={
+                    "model": key.model,
+                    "cooldown_s": self.config.breaker_cooldown_s,
+                    "error": str(exc)[:200],
+                },
+            )
+
+    def _report(self, key: LimitKey, change: LimitChange | None) -> None:
+        """A log line and a gauge when the probed concurrency was cut or has grown."""
+        if change is None:
+            return
+        self._metrics.set("limiter.concurrency_limit", change.limit, model=key.model)
+        extra = {"model": key.model, "limit": change.limit, "reason": change.reason}
+        if change.change is Change.CUT:
+            logger.warning("limiter.concurrency_cut", extra=extra)
+        else:
+            logger.info("limiter.concurrency_grown", extra=extra)
 
     async def _admit(
         self, key: LimitKey, state: _KeyState, tokens: int, holder: str
@@ -280,7 +308,7 @@ class RateGovernor:
             await self._charge_unbudgeted(key, state, slot, snapshot)
         await self._learn(key, state, snapshot)
         await self._reconcile(key, state, slot.reserved_tokens, completion.usage.total_tokens)
-        state.policy.on_success(completion.latency_s)
+        self._report(key, state.policy.on_success(completion.latency_s, self._clock()))
         state.breaker.record_success(probe=slot.probe)
         if slot.probe:
             self._breaker_gauge(key, state)

@@ -4,6 +4,11 @@ Understood formats (names are case-insensitive):
 
 - OpenAI: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``; resets are Go-style
   durations (``6m0s``, ``12ms``, ``1m30.5s``, ``2h0m0s``) or plain seconds (``20``).
+- Gateways: LiteLLM's proxy announces the limits of a key, user, team or end user as
+  ``x-ratelimit-{scope}-{limit,remaining}-{requests,tokens}`` (``x-ratelimit-api_key-
+  remaining-requests``), besides or instead of the provider's own. Every scope is read,
+  OpenAI's unscoped names included, and the tightest wins: the smallest limit and the
+  smallest remaining of each dimension, since any one of them refuses when it is spent.
 - ``retry-after`` (seconds or an HTTP date) and ``retry-after-ms``; the millisecond form
   wins because it is the more precise.
 - Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,
@@ -28,6 +33,7 @@ from email.utils import parsedate_to_datetime
 logger = logging.getLogger(__name__)
 
 _GO_DURATION = re.compile(r"(?P<num>\d+(?:\.\d+)?)(?P<unit>h|ms|us|µs|ns|m|s)")
+_SCOPED = re.compile(r"x-ratelimit-(?:[a-z0-9_.-]+-)?(limit|remaining)-(requests|tokens)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
@@ -117,6 +123,17 @@ def _int(headers: Mapping[str, str], name: str) -> int | None:
     return number
 
 
+def _tightest(headers: Mapping[str, str], field: str, unit: str) -> int | None:
+    """The smallest ``x-ratelimit-[{scope}-]{field}-{unit}`` value over every scope."""
+    values = [
+        _int(headers, name)
+        for name in headers
+        if (match := _SCOPED.fullmatch(name)) and match.groups() == (field, unit)
+    ]
+    known = [value for value in values if value is not None]
+    return min(known) if known else None
+
+
 def _duration(headers: Mapping[str, str], name: str) -> float | None:
     raw = headers.get(name)
     if raw is None:
@@ -187,6 +204,18 @@ def retry_after_s(headers: Mapping[str, str], now_epoch_s: float) -> float | Non
     return max(0.0, moment.timestamp() - now_epoch_s)
 
 
+_LIMIT_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimit-")
+
+
+def announces_limits(headers: Mapping[str, str]) -> bool:
+    """True when an answer carries any rate-limit header or wait hint (names lower-cased):
+    a 429 without one comes from a server that is full, not from a rate limit."""
+    return any(
+        name.startswith(_LIMIT_HEADER_PREFIXES) or name in ("retry-after", "retry-after-ms")
+        for name in headers
+    )
+
+
 def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
@@ -194,7 +223,8 @@ def _first(*values: float | None) -> float | None:
 def parse_rate_limit_headers(
     headers: Mapping[str, str], *, now_epoch_s: float
 ) -> RateLimitSnapshot:
-    """One snapshot from any mix of the formats above; OpenAI names win over Anthropic's.
+    """One snapshot from any mix of the formats above; ``x-ratelimit-*`` names (OpenAI's
+    and the gateways' scoped ones) win over Anthropic's.
 
     ``now_epoch_s`` turns absolute instants (HTTP dates, RFC 3339) into waits, so the
     function stays pure and testable.
@@ -203,14 +233,12 @@ def parse_rate_limit_headers(
     a = "anthropic-ratelimit-"
     a_tok = f"{a}tokens" if f"{a}tokens-limit" in h or f"{a}tokens-remaining" in h else None
     a_tok = a_tok or f"{a}input-tokens"
-    limit_rpm = _first(_int(h, "x-ratelimit-limit-requests"), _int(h, f"{a}requests-limit"))
-    limit_tpm = _first(_int(h, "x-ratelimit-limit-tokens"), _int(h, f"{a_tok}-limit"))
+    limit_rpm = _first(_tightest(h, "limit", "requests"), _int(h, f"{a}requests-limit"))
+    limit_tpm = _first(_tightest(h, "limit", "tokens"), _int(h, f"{a_tok}-limit"))
     remaining_requests = _first(
-        _int(h, "x-ratelimit-remaining-requests"), _int(h, f"{a}requests-remaining")
+        _tightest(h, "remaining", "requests"), _int(h, f"{a}requests-remaining")
     )
-    remaining_tokens = _first(
-        _int(h, "x-ratelimit-remaining-tokens"), _int(h, f"{a_tok}-remaining")
-    )
+    remaining_tokens = _first(_tightest(h, "remaining", "tokens"), _int(h, f"{a_tok}-remaining"))
     return RateLimitSnapshot(
         limit_rpm=None if limit_rpm is None else int(limit_rpm),
         remaining_requests=None if remaining_requests is None else int(remaining_requests),

@@ -17,16 +17,21 @@
   bucket unspent also leaves room for requests that arrive bunched (network, event loop).
 - **Concurrency** follows rate (Little's law): ``ceil(rate_per_s * p90 latency * headroom)``,
   at least 1, capped by a user-set maximum. With no known rate (``auto`` before any
-  header), one request runs until the first response, then the cap grows by one per
-  success (halved on a 429): a provider that sends no headers is still ramped up safely.
+  header, or a server that sends none), the server's capacity is probed
+  (:class:`~bulkgen.limits.adaptive.AdaptiveLimit`): one request runs until the first
+  response, the limit grows while answers are healthy and is cut on an overload signal
+  (a 503 "overloaded", a 429 without headers, latency well above normal; halved on a
+  429). When a rate is known it stays in charge; once the server has said it was full,
+  the probed limit also caps the requests in flight.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bulkgen.limits.adaptive import AdaptiveConfig, AdaptiveLimit, LimitChange
 from bulkgen.limits.headers import RateLimitSnapshot
 
 
@@ -45,7 +50,7 @@ class PolicyConfig:
     latency_quantile: float = 0.9
     latency_window: int = 200
     initial_latency_s: float = 10.0  # assumed before any response, when a rate is known
-    probe_ceiling: int = 256  # concurrency ceiling while no rate is known
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # probing what fits
 
 
 def _min_known(*values: int | None) -> int | None:
@@ -65,7 +70,7 @@ class RatePolicy:
         self.responses = 0
         self._latencies_s: deque[float] = deque(maxlen=config.latency_window)
         self._tokens_avg: float | None = None
-        self._probe_concurrency = 1
+        self.adaptive = AdaptiveLimit(config.adaptive)
         self._last_decrease_s: float | None = None
 
     def limit_rpm(self) -> int | None:
@@ -108,12 +113,18 @@ class RatePolicy:
         avg = self._tokens_avg
         self._tokens_avg = float(tokens) if avg is None else avg + 0.1 * (tokens - avg)
 
-    def on_success(self, latency_s: float) -> None:
+    def on_success(self, latency_s: float, now_s: float) -> LimitChange | None:
+        """Additive increase of the rate factor and of the probed concurrency; returns a
+        change of the probed limit worth reporting (a cut on high latency, or growth)."""
         self.responses += 1
         if latency_s > 0:
             self._latencies_s.append(latency_s)
         self.factor = min(1.0, self.factor + self.config.increase_step)
-        self._probe_concurrency = min(self.config.probe_ceiling, self._probe_concurrency + 1)
+        return self.adaptive.on_success(latency_s, now_s)
+
+    def on_overloaded(self, now_s: float) -> LimitChange | None:
+        """The server is full: cut the concurrency, not the rate (it announced none)."""
+        return self.adaptive.on_overload(now_s)
 
     def on_rate_limited(self, now_s: float) -> bool:
         """Multiplicative decrease; False when inside the hold-off of the previous one."""
@@ -122,7 +133,8 @@ class RatePolicy:
             return False
         self._last_decrease_s = now_s
         self.factor = max(self.config.min_factor, self.factor * self.config.decrease)
-        self._probe_concurrency = max(1, self._probe_concurrency // 2)
+        if self.rate_per_s() is None:  # still probing: a 429 says "fewer at once" too
+            self.adaptive.on_overload(now_s, reason="rate_limited", backoff=0.5)
         return True
 
     def rate_per_s(self) -> float | None:
@@ -145,9 +157,11 @@ class RatePolicy:
     def concurrency_limit(self) -> int:
         rate = self.rate_per_s()
         if rate is None:
-            derived = self._probe_concurrency
+            derived = self.adaptive.value()
         else:
             latency_s = self.latency_high_s() or self.config.initial_latency_s
             derived = max(1, math.ceil(rate * latency_s * self.config.headroom))
+            if self.adaptive.engaged:  # the server said it was full: never more at once
+                derived = min(derived, self.adaptive.value())
         cap = self.config.max_concurrency
         return derived if cap is None else max(1, min(derived, cap))

@@ -3,7 +3,9 @@
 This module is the one boundary where ``openai``/``httpx`` errors become bulkgen errors::
 
     429 + code/type insufficient_quota  -> QuotaExhausted        (fails at once)
+    429 without limit headers or hint   -> ProviderOverloaded    (snooze, no attempt burnt)
     429 otherwise                       -> RateLimited           (snooze, no attempt burnt)
+    503 saying "overloaded", 529        -> ProviderOverloaded    (snooze, no attempt burnt)
     408, 409                            -> ProviderUnavailable   (retryable at OpenAI)
     400, 401, 403, 404, 422, other 4xx  -> ProviderRejected      (fails at once)
     5xx and any other status            -> ProviderUnavailable
@@ -36,13 +38,14 @@ from bulkgen.errors import (
     InvalidOutput,
     ProviderConnectionError,
     ProviderError,
+    ProviderOverloaded,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
 )
-from bulkgen.limits.headers import retry_after_s
+from bulkgen.limits.headers import announces_limits, retry_after_s
 from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.providers.base import api_key_id
 from bulkgen.redaction import redact, remember
@@ -76,9 +79,26 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
     return getattr(exc, "type", None) or None
 
 
-def _status_error_class(status: int, code: str | None) -> type[ProviderError]:
+def _says_overloaded(exc: openai.APIStatusError, code: str | None) -> bool:
+    """A 503 whose code, type or message says the server is overloaded (OpenAI's own
+    "The engine is currently overloaded", inference servers' "overloaded" code), or
+    Anthropic's 529 ``overloaded_error``; a bare 503 stays an outage."""
+    if exc.status_code == 529:
+        return True
+    words = f"{code or ''} {getattr(exc, 'type', None) or ''} {exc.message}".lower()
+    return exc.status_code == 503 and "overload" in words
+
+
+def _status_error_class(
+    exc: openai.APIStatusError, code: str | None, headers: Mapping[str, str]
+) -> type[ProviderError]:
+    status = exc.status_code
     if status == 429:
-        return QuotaExhausted if code == "insufficient_quota" else RateLimited
+        if code == "insufficient_quota":
+            return QuotaExhausted
+        return RateLimited if announces_limits(headers) else ProviderOverloaded
+    if _says_overloaded(exc, code):
+        return ProviderOverloaded
     if status in _RETRYABLE_4XX:
         return ProviderUnavailable
     if 400 <= status < 500:
@@ -105,7 +125,7 @@ def _translate(exc: openai.OpenAIError, *, now_s: float) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         headers = _lower_headers(exc.response.headers.items())
         code = _error_code(exc)
-        cls = _status_error_class(exc.status_code, code)
+        cls = _status_error_class(exc, code, headers)
         detail = f"HTTP {exc.status_code}" + (f" ({code})" if code else "")
         return cls(
             f"{detail}: {exc.message}",

@@ -3,14 +3,16 @@
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, the Files and Batch APIs
 (``/v1/files...``, ``/v1/batches...``: :mod:`batch_api`), all behind the API key when one
 is set; and the control routes, open: ``GET``/``POST /_sim/config`` (read or change any
-setting live, ``{"batch": {...}}`` included), ``GET /_sim/stats`` (chat counters, and
-under ``batch`` the file uploads, batch creations, Files/Batch calls and batch rows run),
-``POST /_sim/reset-stats``.
+setting live, ``{"batch": {...}}`` included), ``GET /_sim/stats`` (chat counters, the chat
+requests in flight, and under ``batch`` the file uploads, batch creations, Files/Batch calls
+and batch rows run), ``POST /_sim/reset-stats``.
 
 Order of checks per chat request, as OpenAI answers: authentication (401), validation
 (400/404), then one fault draw, then a gateway's 401 (``echo_auth``), then quota
 (``insufficient_quota``), then the rate limits (429), then server faults (5xx, hang,
-reset), then the completion with its content faults.
+reset), then the completion with its content faults. With ``max_inflight`` set, a valid
+request arriving while that many are served is answered ``overload_status`` right after
+the fault draw, with neither rate-limit headers nor a wait hint (a self-hosted server).
 The fault is drawn before the limiter looks, so the fault sequence depends only on the
 request sequence, never on timing.
 """
@@ -48,6 +50,7 @@ class SimulatorApp:
         self._clock = clock
         self.stats = SimStats()
         self._served = 0
+        self._inflight = 0  # chat requests past the overload check, not yet answered
         self._prompt_cache = PromptCache()
         self.batches = BatchApi(config, clock)
         self._install(config)
@@ -157,7 +160,26 @@ class SimulatorApp:
         if fault == "echo_auth":
             await self._echo_auth(scope, send)
             return
-        await self._admitted_chat(call, fault, receive, send)
+        if self._config.max_inflight and self._inflight >= self._config.max_inflight:
+            await self._overloaded(send)
+            return
+        self._inflight += 1
+        self.stats.max_inflight_seen = max(self.stats.max_inflight_seen, self._inflight)
+        try:
+            await self._admitted_chat(call, fault, receive, send)
+        finally:
+            self._inflight -= 1
+
+    async def _overloaded(self, send: Send) -> None:
+        """A full server's answer: 503 "overloaded" (or a bare 429), no headers at all."""
+        self.stats.overloaded += 1
+        if self._config.overload_status == 429:
+            message = "Too many requests in flight. Please try again later."
+            body = protocol.error_body(message, "too_many_requests", None)
+        else:
+            message = "The server is overloaded with requests. Please try again later."
+            body = protocol.error_body(message, "server_error", "overloaded")
+        await respond(send, self._config.overload_status, body)
 
     async def _echo_auth(self, scope: Scope, send: Send) -> None:
         """A 401 that quotes the credentials it was sent, as some gateways do in front of
@@ -300,7 +322,11 @@ class SimulatorApp:
                 return
             await respond(send, 200, json.dumps(self._config.to_json()).encode())
         elif route == ("GET", "/_sim/stats"):
-            stats = {**self.stats.to_json(), "batch": self.batches.stats.to_json()}
+            stats = {
+                **self.stats.to_json(),
+                "inflight": self._inflight,
+                "batch": self.batches.stats.to_json(),
+            }
             await respond(send, 200, json.dumps(stats).encode())
         elif route == ("POST", "/_sim/reset-stats"):
             self.stats = SimStats()

@@ -53,6 +53,12 @@ def simulate(
     prompt_cache: Annotated[
         bool, typer.Option(help="Bill repeated prompt prefixes (1,024+ tokens) as cached.")
     ] = True,
+    max_inflight: Annotated[
+        int, typer.Option(help="Chat requests served at once; above it, overload. 0 = no cap.")
+    ] = 0,
+    overload_status: Annotated[
+        int, typer.Option(help="The answer above --max-inflight: 503 (overloaded) or 429.")
+    ] = 503,
     batch_time_scale: Annotated[
         float, typer.Option(help="Batch clock speed: k runs batches k times faster; 0 pauses.")
     ] = 1.0,
@@ -107,6 +113,7 @@ def simulate(
             models=tuple(model) if model else DEFAULT_MODELS,
             default_max_tokens=default_max_tokens, hang_s=hang_s,
             fault_retry_after_ms=fault_retry_after_ms, prompt_cache=prompt_cache, batch=batch,
+            max_inflight=max_inflight or None, overload_status=overload_status,
         )  # fmt: skip
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None

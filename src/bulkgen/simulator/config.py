@@ -34,6 +34,10 @@ FAULT_KINDS: tuple[str, ...] = (
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini")
 
+OVERLOAD_STATUSES: tuple[int, ...] = (503, 429)
+"""How a full server answers (``overload_status``): a self-hosted inference server's 503
+"overloaded", or a gateway's bare 429; neither with rate-limit headers nor a wait hint."""
+
 BATCH_FAULT_KINDS: tuple[str, ...] = ("500", "502", "503", "empty", "whitespace", "truncate")
 """The faults a batch row can get: a server error (the row goes to the error file) or
 faulty content (an ordinary answer in the output file). Connection faults, 429s and
@@ -81,6 +85,8 @@ class SimConfig:
     given in wall-clock time. ``rpm``/``tpm`` of ``None`` or 0 mean unlimited. ``burst_s`` is
     how many seconds' worth of the per-minute limit a bucket holds (1 s to 60 s).
     ``batch`` paces and bounds the Batch API, on its own clock (:class:`BatchConfig`).
+    ``max_inflight`` N > 0 caps the chat requests served at once, as a self-hosted server
+    does: the request arriving while N are in flight is answered ``overload_status`` at once.
     """
 
     rpm: int | None = 500
@@ -98,6 +104,8 @@ class SimConfig:
     hang_s: float = 3600.0
     fault_retry_after_ms: float = 200.0  # the wait a "429" fault asks for (wall clock)
     prompt_cache: bool = True  # report repeated prompt prefixes as cached, as OpenAI does
+    max_inflight: int | None = None  # chat requests served at once; None or 0: unlimited
+    overload_status: int = 503  # the answer above max_inflight: 503 or 429
     batch: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
@@ -139,6 +147,13 @@ def _validate(config: SimConfig) -> None:
         raise ConfigError("models must be non-empty strings")
     if not isinstance(config.batch, BatchConfig):
         raise ConfigError("batch must be a BatchConfig")
+    inflight = config.max_inflight
+    if inflight is not None and (
+        isinstance(inflight, bool) or not isinstance(inflight, int) or inflight < 0
+    ):
+        raise ConfigError(f"max_inflight must be an integer >= 0 or null, got {inflight!r}")
+    if config.overload_status not in OVERLOAD_STATUSES or isinstance(config.overload_status, bool):
+        raise ConfigError(f"overload_status must be 503 or 429, got {config.overload_status!r}")
     if not isinstance(config.prompt_cache, bool):
         raise ConfigError(f"prompt_cache must be true or false, got {config.prompt_cache!r}")
 

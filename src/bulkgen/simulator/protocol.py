@@ -15,7 +15,7 @@ from bulkgen.simulator.ratelimit import Decision, LimitReport, go_duration
 from bulkgen.simulator.tokens import prompt_tokens
 
 ORGANIZATION = "org-sim"
-SERVER_FAULTS = {"500": "Internal server error", "502": "Bad gateway", "503": "Overloaded"}
+SERVER_FAULTS = {"500": "Internal server error", "502": "Bad gateway", "503": "Service unavailable"}
 """The message of each injected server error."""
 
 

@@ -134,6 +134,8 @@ def config_to_args(config: SimConfig) -> list[str]:
         f"--hang-s={config.hang_s}",
         f"--fault-retry-after-ms={config.fault_retry_after_ms}",
         "--prompt-cache" if config.prompt_cache else "--no-prompt-cache",
+        f"--max-inflight={config.max_inflight or 0}",
+        f"--overload-status={config.overload_status}",
     ]
     batch = config.batch
     args += [

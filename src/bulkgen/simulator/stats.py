@@ -22,6 +22,8 @@ class SimStats:
         self.rate_limited: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.overloaded = 0  # answered 503/429 because max_inflight requests were in flight
+        self.max_inflight_seen = 0  # the most chat requests served at once
         self.prompt_tokens = 0
         self.cached_tokens = 0  # of prompt_tokens, read from the prompt cache
         self.completion_tokens = 0
@@ -47,6 +49,8 @@ class SimStats:
                 for kind in ("requests", "tokens", "insufficient_quota")
             },
             "faults": dict(self.faults),
+            "overloaded": self.overloaded,
+            "max_inflight_seen": self.max_inflight_seen,
             "errors": dict(self.errors),
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,

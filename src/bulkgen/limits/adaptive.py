@@ -1,0 +1,143 @@
+"""How many requests a server takes at once, found by probing it. Pure: time is passed in.
+
+Many OpenAI-compatible servers announce no limits: a self-hosted inference server or a
+gateway serves so many requests at once and answers the rest 503 "overloaded" or a bare
+429 at once. With nothing to budget against, the number of requests in flight is the one
+knob, and it is found the way TCP finds a path's capacity (AIMD):
+
+- **Slow start.** Begin with one request in flight; every healthy answer adds one, so the
+  limit doubles each round trip, until the first overload signal.
+- **Cut.** An overload signal multiplies the limit by ``backoff`` (never below 1), at most
+  once per round trip (smoothed latency): the answers that arrive within one round trip of
+  a cut were sent before it, and say nothing new. The cut that ends the first slow start
+  halves the limit: doubling each round trip overshoots by up to twice the capacity.
+- **Congestion avoidance.** After a cut each healthy answer adds ``1 / limit``: one more
+  request per round trip. In the last request under the limit of the last cut the growth
+  is ``probe_slowdown`` times slower, so a server that is full at N is asked for N + 1
+  rarely; one request past that limit without an overload, the server has grown and slow
+  start resumes, so the limit follows a larger server within a few seconds.
+- **Signals.** An overload answer, or an answer whose latency is well above normal: the
+  recent latency (a fast moving average) above ``latency_tolerance`` times the long-run
+  one (a slow moving average). Servers that queue instead of refusing answer slower as
+  they fill up; comparing two averages, not one answer with the fastest, keeps answers of
+  different lengths from looking like congestion.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveConfig:
+    ceiling: int = 256  # the limit never grows past this
+    backoff: float = 0.8  # the multiplicative cut on an overload signal
+    probe_slowdown: float = 8.0  # how much slower the growth is just under the last cut
+    latency_tolerance: float = 2.0  # recent latency above this times the normal one: overload
+    latency_warmup: int = 20  # answers before latency is trusted as a signal
+    fast_alpha: float = 0.1  # weight of one answer in the recent latency
+    slow_alpha: float = 0.02  # weight of one answer in the normal latency
+    default_round_trip_s: float = 1.0  # the cut hold-off before any latency is known
+
+
+class Change(enum.StrEnum):
+    """What an event did to the limit, worth a log line."""
+
+    CUT = "cut"
+    GROWN = "grown"  # doubled since the last cut or the last time it was reported
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    change: Change
+    limit: int
+    reason: str  # "overload", "latency", "rate_limited" or "healthy"
+
+
+class AdaptiveLimit:
+    """The concurrency limit of one (provider, key, model), as this process has found it."""
+
+    def __init__(self, config: AdaptiveConfig) -> None:
+        self.config = config
+        self._limit = 1.0
+        self._slow_start = True
+        self._cut_at: float | None = None  # the limit just before the last cut
+        self._last_cut_s: float | None = None
+        self._reported = 1
+        self._recent_s: float | None = None
+        self._normal_s: float | None = None
+        self._answers = 0
+        self.overloads = 0  # overload answers seen (an engaged limit caps learned rates)
+
+    def value(self) -> int:
+        return max(1, min(self.config.ceiling, math.floor(self._limit)))
+
+    @property
+    def engaged(self) -> bool:
+        """True once the server has answered that it was full. Slow answers alone never
+        engage the limit: a provider announcing rates may answer slowly for other reasons
+        (longer answers), and its rates stay in charge."""
+        return self.overloads > 0
+
+    def round_trip_s(self) -> float:
+        return self._recent_s or self.config.default_round_trip_s
+
+    def on_success(self, latency_s: float, now_s: float) -> LimitChange | None:
+        """A healthy answer grows the limit; a slow one is an overload signal."""
+        if latency_s > 0:
+            self._observe(latency_s)
+        if self._congested():
+            return self.on_overload(now_s, reason="latency")
+        self._grow()
+        if self.value() >= 2 * self._reported:
+            self._reported = self.value()
+            return LimitChange(Change.GROWN, self.value(), "healthy")
+        return None
+
+    def on_overload(
+        self, now_s: float, *, reason: str = "overload", backoff: float | None = None
+    ) -> LimitChange | None:
+        """Cut, unless a cut happened within the last round trip (then None)."""
+        if reason == "overload":
+            self.overloads += 1
+        last = self._last_cut_s
+        if last is not None and now_s - last < self.round_trip_s():
+            return None
+        self._last_cut_s = now_s
+        first = self._slow_start and self._cut_at is None
+        self._cut_at = self._limit
+        factor = backoff or (0.5 if first else self.config.backoff)
+        self._slow_start = False
+        self._limit = max(1.0, self._limit * factor)
+        self._reported = self.value()
+        return LimitChange(Change.CUT, self.value(), reason)
+
+    def _observe(self, latency_s: float) -> None:
+        self._answers += 1
+        cfg, n = self.config, self._answers
+        if self._recent_s is None or self._normal_s is None:
+            self._recent_s = self._normal_s = latency_s
+            return
+        # A plain mean until an average has seen enough answers to be one (1 / alpha).
+        self._recent_s += max(cfg.fast_alpha, 1 / n) * (latency_s - self._recent_s)
+        self._normal_s += max(cfg.slow_alpha, 1 / n) * (latency_s - self._normal_s)
+
+    def _congested(self) -> bool:
+        if self._answers < self.config.latency_warmup:
+            return False
+        assert self._recent_s is not None and self._normal_s is not None
+        return self._recent_s > self.config.latency_tolerance * self._normal_s
+
+    def _grow(self) -> None:
+        cfg = self.config
+        if self._slow_start:
+            step = 1.0
+        else:
+            step = 1.0 / self._limit
+            if self._cut_at is not None and self._limit >= self._cut_at + 1:
+                self._slow_start = True  # past the old limit: the server grew
+            elif self._cut_at is not None and self._limit >= self._cut_at - 1:
+                step /= cfg.probe_slowdown
+        self._limit = min(float(cfg.ceiling), self._limit + step)

@@ -10,6 +10,9 @@ The store groups a batch's jobs by (status, cached, model) and hands the lines t
   flight; its tokens are what the call would have used, so its price is ``saved_usd``.
 - Prompt tokens the provider served from its own prompt cache (``cache_read_tokens``, a
   part of ``prompt_tokens``) are priced at the model's cached-input price.
+- A line's ``tier`` says how its jobs were sent: ``online`` (one call each) or ``batch``
+  (through the provider's Batch API, billed at the table's batch prices). A cached line
+  is priced at its own tier too: what the cache saved is what the call would have cost.
 - Tokens of attempts that were retried are not kept per job (only the last attempt's are),
   so ``cost_usd`` is what the rows can prove; the budget ledger counts every answer.
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from bulkgen.models import JobStatus, Usage
-from bulkgen.pricing import PriceTable, default_price_table
+from bulkgen.pricing import PriceTable, PriceTier, default_price_table
 
 __all__ = ["BatchUsage", "BudgetSeed", "UsageLine", "summarize"]
 
@@ -48,6 +51,7 @@ class UsageLine:
     prompt_tokens: int
     completion_tokens: int
     cache_read_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    tier: PriceTier = PriceTier.ONLINE
 
     @property
     def usage(self) -> Usage:
@@ -97,7 +101,7 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
 
     def cost(of: Iterable[UsageLine]) -> Decimal:
         return sum(
-            (table.cost_usd(ln.model, ln.usage) for ln in of),
+            (table.cost_usd(ln.model, ln.usage, tier=ln.tier) for ln in of),
             Decimal(0),
         )
 

@@ -9,6 +9,12 @@ Prompt tokens the provider read from its prompt cache (``Usage.cache_read_tokens
 a batch sharing a long template would otherwise be over-priced. The shipped table has the
 published cached-input prices; a model without one prices cached tokens as input tokens.
 
+Every price has a second tier, :attr:`PriceTier.BATCH`: work sent through the provider's
+Batch API, answered within a day, bills at :data:`BATCH_DISCOUNT` (half) of the online
+price, input, cached input and output alike, as OpenAI publishes it. The shipped table
+names each model's batch prices; an override that names none takes half of its own online
+prices, since the discount is the provider's rule while the online prices are the account's.
+
 Lookup never crashes a run: a model name is matched exactly, then by the longest known
 prefix that ends on a ``-`` boundary (``gpt-4o-2024-08-06`` prices as ``gpt-4o``, while
 ``gpt-4.5`` is *not* taken for ``gpt-4``); anything else costs 0 with ``known=False`` so
@@ -21,15 +27,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from enum import StrEnum
 
 from bulkgen.errors import ConfigError
 from bulkgen.models import Usage
 
 __all__ = [
+    "BATCH_DISCOUNT",
     "DEFAULT_PRICES",
     "PRICES_AS_OF",
     "ModelPrice",
     "PriceTable",
+    "PriceTier",
     "cost_usd",
     "default_price_table",
     "load_price_table",
@@ -42,32 +51,84 @@ PRICES_AS_OF = "2026-11"
 
 _TOKENS_PER_UNIT = Decimal(1_000_000)
 _PRICE_FIELDS = frozenset({"input_per_1m", "output_per_1m"})
-_OPTIONAL_PRICE_FIELDS = frozenset({"cached_input_per_1m"})
+_BATCH_PRICE_FIELDS = ("batch_input_per_1m", "batch_output_per_1m", "batch_cached_input_per_1m")
+_OPTIONAL_PRICE_FIELDS = frozenset({"cached_input_per_1m", *_BATCH_PRICE_FIELDS})
+
+BATCH_DISCOUNT = Decimal("0.5")
+"""Batch API price / online price, for every kind of token (OpenAI's published rule)."""
+
+
+class PriceTier(StrEnum):
+    """How a request is sent, which decides its price: one call each, or a provider batch."""
+
+    ONLINE = "online"
+    BATCH = "batch"
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """USD per 1M input, output and cached input tokens; ``known=False`` marks a model we
-    have no price for. ``cached_input_per_1m`` None: cached tokens cost the input price."""
+    have no price for. ``cached_input_per_1m`` None: cached tokens cost the input price.
+    ``batch_*`` None: that batch price is the online one times :data:`BATCH_DISCOUNT`."""
 
     input_per_1m: Decimal
     output_per_1m: Decimal
     known: bool = True
     cached_input_per_1m: Decimal | None = None
+    batch_input_per_1m: Decimal | None = None
+    batch_output_per_1m: Decimal | None = None
+    batch_cached_input_per_1m: Decimal | None = None
 
     @property
     def cached_input_rate(self) -> Decimal:
         """What a cached prompt token costs per 1M: its own price, else the input price."""
         return self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
 
+    def at(self, tier: PriceTier) -> ModelPrice:
+        """The rates that apply in ``tier``, as an online-shaped price (no batch fields).
+
+        A batch cached-input price not given is half the online cached rate, never more
+        than the batch input price (a cached token is never dearer than an uncached one)."""
+        if tier is PriceTier.ONLINE:
+            return ModelPrice(
+                self.input_per_1m, self.output_per_1m, self.known, self.cached_input_per_1m
+            )
+        batch_input = _or_discounted(self.batch_input_per_1m, self.input_per_1m)
+        cached = self.batch_cached_input_per_1m
+        if cached is None:
+            cached = min(self.cached_input_rate * BATCH_DISCOUNT, batch_input)
+        return ModelPrice(
+            batch_input,
+            _or_discounted(self.batch_output_per_1m, self.output_per_1m),
+            self.known,
+            cached,
+        )
+
+
+def _or_discounted(batch_price: Decimal | None, online_price: Decimal) -> Decimal:
+    return online_price * BATCH_DISCOUNT if batch_price is None else batch_price
+
 
 def _usd(input_per_1m: str, output_per_1m: str, cached_input_per_1m: str | None) -> ModelPrice:
-    cached = None if cached_input_per_1m is None else Decimal(cached_input_per_1m)
-    return ModelPrice(Decimal(input_per_1m), Decimal(output_per_1m), cached_input_per_1m=cached)
+    """An online list price with its Batch API prices, which OpenAI publishes at exactly
+    half for every model of this table (input, output and cached input)."""
+    online = ModelPrice(
+        Decimal(input_per_1m),
+        Decimal(output_per_1m),
+        cached_input_per_1m=None if cached_input_per_1m is None else Decimal(cached_input_per_1m),
+    )
+    batch = online.at(PriceTier.BATCH)
+    return replace(
+        online,
+        batch_input_per_1m=batch.input_per_1m,
+        batch_output_per_1m=batch.output_per_1m,
+        batch_cached_input_per_1m=batch.cached_input_per_1m,
+    )
 
 
 # List prices, USD per 1M tokens (input, output, cached input), as of PRICES_AS_OF. Checked
 # against the genai-prices package's data (0.2.3). None: no prompt caching for that model.
+# Batch prices: half of each (see _usd).
 DEFAULT_PRICES: Mapping[str, ModelPrice] = {
     "gpt-5": _usd("1.25", "10.00", "0.125"),
     "gpt-5-mini": _usd("0.25", "2.00", "0.025"),
@@ -112,18 +173,25 @@ class PriceTable:
                 return self._prices[known]
         return _UNKNOWN
 
-    def cost_usd(self, model: str, usage: Usage) -> Decimal:
+    def cost_usd(self, model: str, usage: Usage, *, tier: PriceTier = PriceTier.ONLINE) -> Decimal:
         """Exact cost of a finished call, from the provider's own token counts."""
         return self._cost(
-            model, usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens
+            model, tier, usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens
         )
 
-    def worst_case_cost_usd(self, model: str, prompt_tokens: int, max_tokens: int) -> Decimal:
+    def worst_case_cost_usd(
+        self,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        tier: PriceTier = PriceTier.ONLINE,
+    ) -> Decimal:
         """Upper bound before sending: the answer cannot be longer than ``max_tokens``.
 
         Budgets check this bound so a batch cannot pass its cap by the cost of one call.
         """
-        return self._cost(model, prompt_tokens, max_tokens)
+        return self._cost(model, tier, prompt_tokens, max_tokens)
 
     def with_overrides(self, overrides: Mapping[str, ModelPrice]) -> PriceTable:
         """A new table: ``overrides`` replace or extend the current entries.
@@ -144,14 +212,19 @@ class PriceTable:
         return replace(override, cached_input_per_1m=min(published, override.input_per_1m))
 
     def _cost(
-        self, model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0
+        self,
+        model: str,
+        tier: PriceTier,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
     ) -> Decimal:
         """``cached_tokens`` are part of ``input_tokens``, as providers count them."""
         if input_tokens < 0 or output_tokens < 0 or cached_tokens < 0:
             raise ValueError(
                 f"token counts cannot be negative: {input_tokens}, {output_tokens}, {cached_tokens}"
             )
-        price = self.price(model)
+        price = self.price(model).at(tier)
         cached = min(cached_tokens, input_tokens)
         total = (
             (input_tokens - cached) * price.input_per_1m
@@ -186,16 +259,21 @@ def _parse_entry(model: object, entry: object) -> ModelPrice:
     if missing or unexpected:
         raise ConfigError(
             f"BULKGEN_PRICES_JSON: {model!r} needs input_per_1m and output_per_1m, and "
-            f"may have cached_input_per_1m (missing: {missing or 'none'}, "
+            f"may have cached_input_per_1m, batch_input_per_1m, batch_output_per_1m and "
+            f"batch_cached_input_per_1m (missing: {missing or 'none'}, "
             f"unexpected: {unexpected or 'none'})"
         )
-    cached = entry.get("cached_input_per_1m")
+    optional = {
+        name: None if entry.get(name) is None else _parse_amount(model, name, entry[name])
+        for name in _OPTIONAL_PRICE_FIELDS
+    }
     return ModelPrice(
         _parse_amount(model, "input_per_1m", entry["input_per_1m"]),
         _parse_amount(model, "output_per_1m", entry["output_per_1m"]),
-        cached_input_per_1m=(
-            None if cached is None else _parse_amount(model, "cached_input_per_1m", cached)
-        ),
+        cached_input_per_1m=optional["cached_input_per_1m"],
+        batch_input_per_1m=optional["batch_input_per_1m"],
+        batch_output_per_1m=optional["batch_output_per_1m"],
+        batch_cached_input_per_1m=optional["batch_cached_input_per_1m"],
     )
 
 
@@ -229,13 +307,26 @@ def load_price_table(prices_json: str | None) -> PriceTable:
     return _DEFAULT_TABLE.with_overrides(parse_price_overrides(prices_json))
 
 
-def cost_usd(model: str, usage: Usage, *, table: PriceTable | None = None) -> Decimal:
+def cost_usd(
+    model: str,
+    usage: Usage,
+    *,
+    table: PriceTable | None = None,
+    tier: PriceTier = PriceTier.ONLINE,
+) -> Decimal:
     """Cost of a finished call at ``table`` (default: the shipped list prices)."""
-    return (table or _DEFAULT_TABLE).cost_usd(model, usage)
+    return (table or _DEFAULT_TABLE).cost_usd(model, usage, tier=tier)
 
 
 def worst_case_cost_usd(
-    model: str, prompt_tokens: int, max_tokens: int, *, table: PriceTable | None = None
+    model: str,
+    prompt_tokens: int,
+    max_tokens: int,
+    *,
+    table: PriceTable | None = None,
+    tier: PriceTier = PriceTier.ONLINE,
 ) -> Decimal:
     """Most a call can cost: all of ``prompt_tokens`` in and ``max_tokens`` out."""
-    return (table or _DEFAULT_TABLE).worst_case_cost_usd(model, prompt_tokens, max_tokens)
+    return (table or _DEFAULT_TABLE).worst_case_cost_usd(
+        model, prompt_tokens, max_tokens, tier=tier
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from bulkgen.accounting import UsageLine, summarize
-from bulkgen.pricing import ModelPrice, PriceTable
+from bulkgen.pricing import ModelPrice, PriceTable, PriceTier
 
 PRICES = PriceTable({"gpt-4o": ModelPrice(Decimal("2.50"), Decimal("10.00"))})
 
@@ -51,3 +51,15 @@ def test_prompt_tokens_read_from_the_providers_cache_cost_less() -> None:
     # 0.1 * 2.5 + 0.3 * 1.25 + 0.1 * 10 = 1.625 (1.75 if none were cached)
     assert usage.cost_usd == Decimal("1.625")
     assert usage.as_dict()["paid_cache_read_tokens"] == 300_000
+
+
+def test_batch_lines_cost_the_batch_prices() -> None:
+    online = UsageLine("done", False, "gpt-4o", 2, 200_000, 400_000)
+    batch = UsageLine("done", False, "gpt-4o", 2, 200_000, 400_000, tier=PriceTier.BATCH)
+    hit = UsageLine("done", True, "gpt-4o", 1, 100_000, 200_000, tier=PriceTier.BATCH)
+    usage = summarize([online, batch, hit], PRICES)
+    # Online 0.2 * 2.5 + 0.4 * 10 = 4.50; the same tokens at batch prices (half) 2.25.
+    assert usage.cost_usd == Decimal("6.75")
+    assert usage.saved_usd == Decimal("1.125")  # what the cache hit would have cost in batch
+    assert usage.paid_jobs == 4
+    assert summarize([batch], PRICES).cost_usd == summarize([online], PRICES).cost_usd / 2

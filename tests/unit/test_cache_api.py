@@ -31,10 +31,12 @@ def test_cache_public_surface() -> None:
 def test_pricing_public_surface() -> None:
     assert sorted(bulkgen.pricing.__all__) == sorted(
         [
+            "BATCH_DISCOUNT",
             "DEFAULT_PRICES",
             "PRICES_AS_OF",
             "ModelPrice",
             "PriceTable",
+            "PriceTier",
             "cost_usd",
             "default_price_table",
             "load_price_table",

@@ -10,9 +10,11 @@ import pytest
 from bulkgen.errors import ConfigError
 from bulkgen.models import Usage
 from bulkgen.pricing import (
+    BATCH_DISCOUNT,
     DEFAULT_PRICES,
     PRICES_AS_OF,
     ModelPrice,
+    PriceTier,
     cost_usd,
     default_price_table,
     load_price_table,
@@ -167,3 +169,106 @@ def test_override_may_name_its_cached_price_or_take_the_input_price() -> None:
         load_price_table(
             '{"m": {"input_per_1m": 1, "output_per_1m": 2, "cached_input_per_1m": -1}}'
         )
+
+
+@pytest.mark.parametrize(
+    ("model", "batch_in", "batch_out", "batch_cached"),
+    [
+        # OpenAI's published Batch API prices, USD per 1M tokens.
+        ("gpt-4o", "1.25", "5.00", "0.625"),
+        ("gpt-4o-mini", "0.075", "0.30", "0.0375"),
+        ("gpt-4.1", "1.00", "4.00", "0.25"),
+        ("gpt-5", "0.625", "5.00", "0.0625"),
+    ],
+)
+def test_shipped_batch_prices_are_half_the_online_ones(
+    model: str, batch_in: str, batch_out: str, batch_cached: str
+) -> None:
+    price = DEFAULT_PRICES[model]
+    assert price.batch_input_per_1m == Decimal(batch_in)
+    assert price.batch_output_per_1m == Decimal(batch_out)
+    assert price.batch_cached_input_per_1m == Decimal(batch_cached)
+    assert price.at(PriceTier.BATCH) == ModelPrice(
+        Decimal(batch_in), Decimal(batch_out), cached_input_per_1m=Decimal(batch_cached)
+    )
+
+
+def test_every_shipped_model_costs_half_at_batch_prices() -> None:
+    usage = Usage(prompt_tokens=3001, completion_tokens=777, cache_read_tokens=1024)
+    for model in DEFAULT_PRICES:
+        online = cost_usd(model, usage)
+        assert cost_usd(model, usage, tier=PriceTier.BATCH) == online * BATCH_DISCOUNT, model
+        assert worst_case_cost_usd(model, 3001, 777, tier=PriceTier.BATCH) == (
+            worst_case_cost_usd(model, 3001, 777) / 2
+        ), model
+
+
+def test_batch_price_of_a_model_without_prompt_caching_prices_cached_tokens_as_input() -> None:
+    batch = DEFAULT_PRICES["gpt-4"].at(PriceTier.BATCH)
+    assert batch.cached_input_rate == batch.input_per_1m == Decimal(15)
+
+
+def test_online_tier_is_the_online_price() -> None:
+    price = DEFAULT_PRICES["gpt-4o"]
+    assert price.at(PriceTier.ONLINE) == ModelPrice(
+        Decimal("2.50"), Decimal("10.00"), cached_input_per_1m=Decimal("1.25")
+    )
+    assert cost_usd("gpt-4o", Usage(1000, 100), tier=PriceTier.ONLINE) == cost_usd(
+        "gpt-4o", Usage(1000, 100)
+    )
+
+
+def test_unknown_model_costs_zero_at_batch_prices_too() -> None:
+    assert cost_usd("llama-3-70b", Usage(1000, 1000), tier=PriceTier.BATCH) == 0
+    assert default_price_table().price("llama-3-70b").at(PriceTier.BATCH).known is False
+
+
+def test_override_without_batch_prices_takes_half_of_its_own_online_prices() -> None:
+    # An account's negotiated online price, not the shipped batch price, is what is halved.
+    table = load_price_table('{"gpt-4o": {"input_per_1m": 2, "output_per_1m": 8}}')
+    batch = table.price("gpt-4o").at(PriceTier.BATCH)
+    assert (batch.input_per_1m, batch.output_per_1m) == (Decimal(1), Decimal(4))
+    # Cached: the published online 1.25, capped at the override's input 2 -> 1.25, halved.
+    assert batch.cached_input_rate == Decimal("0.625")
+    assert table.cost_usd("gpt-4o", Usage(1_000_000, 1_000_000), tier=PriceTier.BATCH) == 5
+
+
+def test_override_may_name_its_batch_prices() -> None:
+    table = load_price_table(
+        json.dumps(
+            {
+                "llama-3-70b": {
+                    "input_per_1m": 0.59,
+                    "output_per_1m": 0.79,
+                    "batch_input_per_1m": 0.4,
+                    "batch_output_per_1m": 0.6,
+                    "batch_cached_input_per_1m": 0.1,
+                },
+                "m": {"input_per_1m": 1, "output_per_1m": 2, "batch_output_per_1m": 1.5},
+            }
+        )
+    )
+    llama = table.price("llama-3-70b").at(PriceTier.BATCH)
+    assert (llama.input_per_1m, llama.output_per_1m) == (Decimal("0.4"), Decimal("0.6"))
+    assert llama.cached_input_rate == Decimal("0.1")
+    m = table.price("m").at(PriceTier.BATCH)  # the one named, half of the others
+    assert (m.input_per_1m, m.output_per_1m, m.cached_input_rate) == (
+        Decimal("0.5"),
+        Decimal("1.5"),
+        Decimal("0.5"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_input_per_1m", -1, "batch_input_per_1m must be >= 0"),
+        ("batch_output_per_1m", "1", "batch_output_per_1m must be a number"),
+        ("batch_cached_input_per_1m", True, "batch_cached_input_per_1m must be a number"),
+        ("batch_price", 1, "unexpected: \\['batch_price'\\]"),
+    ],
+)
+def test_invalid_batch_price_is_a_config_error(field: str, value: object, message: str) -> None:
+    text = json.dumps({"m": {"input_per_1m": 1, "output_per_1m": 2, field: value}})
+    with pytest.raises(ConfigError, match=message):
+        load_price_table(text)

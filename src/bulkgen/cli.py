@@ -26,6 +26,7 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
+from bulkgen.estimate import BatchEstimate
 from bulkgen.export import write_results
 from bulkgen.intake import MAX_BATCH_ROWS, load_file
 from bulkgen.options import (
@@ -35,8 +36,10 @@ from bulkgen.options import (
     option_bounds,
     validate_options,
 )
+from bulkgen.pricing import PRICES_AS_OF
 from bulkgen.progress import batch_progress, wait_for_batch
 from bulkgen.service import Services, services
+from bulkgen.service import dry_run as service_dry_run
 from bulkgen.settings import Settings
 from bulkgen.simulator.cli import simulate
 from bulkgen.worker_progress import worker_progress
@@ -234,12 +237,25 @@ def submit(
     template: Annotated[Path | None, typer.Option(help="A Jinja2 prompt template.")] = None,
     budget_usd: Annotated[str | None, typer.Option(help="Spending cap for the batch.")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the file and every row's prompt, print the estimated tokens and "
+            "cost, and enqueue nothing.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: the estimate as one JSON line.")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Enqueue a batch from a CSV or JSONL file and print its id; a worker runs it.
 
     A column named like an option (model, tone, language, target_words, max_tokens,
-    temperature) overrides that option for its row.
+    temperature) overrides that option for its row. With --dry-run, nothing is enqueued
+    and no database is opened: the file is checked as a real submit checks it, and the
+    batch's estimated tokens and cost are printed instead.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", account):
         err.print("[bold red]error:[/] --account takes 1-64 letters, digits, '.', '_' or '-'")
@@ -252,6 +268,12 @@ def submit(
         "max_tokens": max_tokens,
         "temperature": temperature,
     }
+    if as_json and not dry_run:
+        err.print("[bold red]error:[/] --json goes with --dry-run")
+        raise typer.Exit(2)
+    if wait and dry_run:
+        err.print("[bold red]error:[/] --wait cannot go with --dry-run: nothing is enqueued")
+        raise typer.Exit(2)
     budget = _budget(budget_usd)
     settings = _settings(data_dir)
 
@@ -260,6 +282,10 @@ def submit(
             raw["template"] = _read_text(template, "template")
         options = validate_options({k: v for k, v in raw.items() if v is not None}, settings)
         rows = load_file(file)
+        if dry_run:
+            estimate = await service_dry_run(settings, rows, options, budget_usd=budget)
+            _print_estimate(estimate, file, budget, settings, as_json=as_json)
+            return
         async with services(settings, need_provider=False) as svc:
             batch_id = await svc.submit(rows, options, account=account, budget_usd=budget)
             print(batch_id, flush=True)
@@ -269,6 +295,87 @@ def submit(
                 await _print_status(svc, batch_id, as_json=False)
 
     _run(body())
+
+
+def _print_estimate(
+    estimate: BatchEstimate,
+    file: Path,
+    budget: Decimal | None,
+    settings: Settings,
+    *,
+    as_json: bool,
+) -> None:
+    """The dry run's answer, worded for someone who has never run a batch."""
+    overridden = bool(settings.prices_json and settings.prices_json.strip())
+    data = {
+        "dry_run": True,
+        "enqueued": False,
+        "file": str(file),
+        **estimate.as_dict(),
+        "budget_usd": None if budget is None else str(budget),
+        "prices_as_of": PRICES_AS_OF,
+        "prices_overridden": overridden,
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    for line in _estimate_lines(estimate, file, budget, overridden=overridden):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _estimate_lines(
+    estimate: BatchEstimate, file: Path, budget: Decimal | None, *, overridden: bool
+) -> list[str]:
+    jobs = estimate.jobs
+    models = ", ".join(f"{m.model}: {m.jobs:,}" for m in estimate.by_model)
+    online, batch = estimate.online, estimate.batch
+    prices = "BULKGEN_PRICES_JSON over the shipped" if overridden else "the shipped"
+    lines = [
+        f"Dry run of {file}: every row checked, nothing enqueued.",
+        "",
+        f"  jobs                          {jobs:,}  (model {models})",
+        f"  prompt tokens (estimated)     {estimate.prompt_tokens:,}"
+        f"  (about {estimate.prompt_tokens // jobs:,} per job)",
+        f"  answer tokens, worst case     {estimate.max_answer_tokens:,}"
+        f"  (if every answer uses all of max_tokens: {estimate.max_answer_tokens // jobs:,}"
+        " per job)",
+        f"  answer tokens, expected       {estimate.expected_answer_tokens:,}"
+        f"  (if every article is about target_words long, 4 tokens per 3 words:"
+        f" {estimate.expected_answer_tokens // jobs:,} per job)",
+        "",
+        "  estimated cost (USD)          expected     worst case",
+        f"  online (how bulkgen runs it)  {_usd(online.expected):<12} {_usd(online.worst_case)}",
+        f"  at Batch API prices           {_usd(batch.expected):<12} {_usd(batch.worst_case)}",
+        "",
+        "Notes:",
+        "- Tokens are estimated without a tokenizer (about 4 characters per token); the "
+        "provider bills its own count.",
+        f"- Prices: {prices} list prices of {PRICES_AS_OF}.",
+        "- Batch API prices (half of online) are what economy mode will cost; it is not "
+        "available yet, so this batch would run online.",
+    ]
+    if estimate.unpriced_models:
+        lines.append(
+            f"- No price is known for {', '.join(estimate.unpriced_models)}: those jobs count "
+            "as $0 above. Set their prices in BULKGEN_PRICES_JSON."
+        )
+    if budget is not None:
+        if online.worst_case <= budget:
+            verdict = "even the worst case fits within it"
+        elif online.expected <= budget:
+            verdict = "the expected cost fits within it, the worst case does not"
+        else:
+            verdict = "the expected cost is above it"
+        lines.append(
+            f"- Budget {_usd(budget)}: {verdict}. Jobs that would take spending past the "
+            "budget end cancelled (budget_exceeded)."
+        )
+    return lines
+
+
+def _usd(amount: Decimal) -> str:
+    """Cents from a dollar up; smaller sums keep 4 decimals so they do not show as $0.00."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:,.4f}"
 
 
 def _read_text(path: Path, what: str) -> str:

@@ -24,6 +24,7 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import Store
 from bulkgen.errors import ConfigError, InputError
+from bulkgen.estimate import BatchEstimate, estimate_batch
 from bulkgen.intake import JobInput
 from bulkgen.limits import RateGovernor, build_governor
 from bulkgen.metrics import Metrics
@@ -115,11 +116,7 @@ class Services:
         """
         if budget_usd is not None:
             budget_usd = check_budget_usd(budget_usd)
-        template = (
-            PromptTemplate.from_text(options.template)
-            if options.template
-            else PromptTemplate.default()
-        )
+        template = batch_template(options)
         if rows:
             await self._render_first(template, rows[0], options)
         account_id = await self.store.account_ensure(account)
@@ -261,13 +258,42 @@ async def open_services(
         _closers=stack,
         budget=_budget_ledger(settings, store, prices, redis, metrics),
         prices=prices,
-        renderer=TemplateRenderer(
-            RenderLimits(
-                timeout_s=settings.template_render_timeout_s,
-                max_chars=settings.prompt_max_chars,
-            )
-        ),
+        renderer=build_renderer(settings),
     )
+
+
+def batch_template(options: BatchOptions) -> PromptTemplate:
+    """The template a batch's jobs render: its own, else the shipped one."""
+    return (
+        PromptTemplate.from_text(options.template) if options.template else PromptTemplate.default()
+    )
+
+
+def build_renderer(settings: Settings) -> TemplateRenderer:
+    return TemplateRenderer(
+        RenderLimits(
+            timeout_s=settings.template_render_timeout_s, max_chars=settings.prompt_max_chars
+        )
+    )
+
+
+async def dry_run(
+    settings: Settings,
+    rows: Sequence[JobInput],
+    options: BatchOptions,
+    *,
+    budget_usd: Decimal | None = None,
+) -> BatchEstimate:
+    """What ``Services.submit`` would enqueue, checked as it checks it (and every row's
+    prompt rendered, not only the first), with no database, Redis or provider opened."""
+    if budget_usd is not None:
+        check_budget_usd(budget_usd)
+    prices = load_price_table(settings.prices_json)
+    renderer = build_renderer(settings)
+    try:
+        return await estimate_batch(rows, options, batch_template(options), renderer, prices)
+    finally:
+        await renderer.aclose()
 
 
 def _budget_ledger(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bulkgen.simulator import SimConfig, SimulatorProcess
@@ -156,3 +159,72 @@ def test_input_the_database_would_refuse_is_refused_at_submit(
         assert "Traceback" not in result.stderr
     status = _bulkgen("db", "prune", "--older-than-days", "0", env=env)
     assert status.returncode == 0 and "deleted 0 batches" in status.stdout  # nothing enqueued
+
+
+async def _batches_in(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM batches")
+    finally:
+        await conn.close()
+    return count
+
+
+def test_dry_run_prints_the_estimate_and_enqueues_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    keywords = tmp_path / "k.csv"
+    keywords.write_text("keyword,model,max_tokens\nalpha,,\nbeta,gpt-4o-mini,400\ngamma,,\n")
+    env = _env(database_url, BULKGEN_MODEL="gpt-4o", BULKGEN_MAX_TOKENS="1500")
+    shown = _bulkgen("submit", str(keywords), "--dry-run", "--budget-usd", "5", env=env)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "nothing enqueued" in out
+    assert "jobs                          3  (model gpt-4o: 2, gpt-4o-mini: 1)" in out
+    assert "answer tokens, worst case     3,400" in out  # 1,500 + 400 + 1,500
+    assert "answer tokens, expected       2,534" in out  # 800 words ~ 1,067 tokens, or 400
+    assert "at Batch API prices" in out and "not available yet" in out
+    assert "even the worst case fits" in out
+    as_json = _bulkgen("submit", str(keywords), "--dry-run", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    estimate = json.loads(as_json.stdout.strip().splitlines()[-1])
+    assert (estimate["jobs"], estimate["enqueued"]) == (3, False)
+    assert estimate["max_answer_tokens"] == 3400
+    assert estimate["prompt_tokens"] > 3 * 100  # the default template is a long prompt
+    online, batch = estimate["online_usd"], estimate["batch_usd"]
+    assert Decimal(batch["worst_case"]) * 2 == Decimal(online["worst_case"])
+    assert Decimal(online["expected"]) < Decimal(online["worst_case"])
+    assert asyncio.run(_batches_in(database_url)) == 0
+    # No database is opened at all: one nobody listens on makes no difference.
+    nowhere = _env("postgresql://postgres@127.0.0.1:9/none", BULKGEN_MODEL="gpt-4o")
+    offline = _bulkgen("submit", str(keywords), "--dry-run", "--json", env=nowhere)
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout.strip().splitlines()[-1])["jobs"] == 3
+
+
+def test_dry_run_refuses_what_submit_refuses_and_names_any_row_that_cannot_render(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = _env(database_url)
+    template = tmp_path / "t.j2"
+    template.write_text("{{ keyword }} for {{ audience }}")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"keyword": "a", "audience": "x"}\n{"keyword": "b"}\n')
+    unrenderable = _bulkgen("submit", str(rows), "--template", str(template), "--dry-run", env=env)
+    assert unrenderable.returncode == 1
+    assert "row 2" in unrenderable.stderr and "'audience' is undefined" in unrenderable.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("keyword,target_words\nfine,800\nshort,10\n")
+    refused = _bulkgen("submit", str(bad), "--dry-run", env=env)
+    assert refused.returncode == 1 and "row 2, field 'target_words'" in refused.stderr
+    good = tmp_path / "k.csv"
+    good.write_text("keyword\nalpha\n")
+    for flags, why in [
+        (("--json",), "--json goes with --dry-run"),
+        (("--wait", "--dry-run"), "--wait"),
+    ]:
+        wrong = _bulkgen("submit", str(good), *flags, env=env)
+        assert wrong.returncode == 2 and why in wrong.stderr, wrong.stderr
+    for result in (unrenderable, refused):
+        assert "Traceback" not in result.stderr
+    assert asyncio.run(_batches_in(database_url)) == 0

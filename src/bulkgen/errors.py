@@ -3,7 +3,8 @@
 Everything bulkgen raises on purpose derives from :class:`BulkgenError`. Errors of the
 libraries underneath are translated at one boundary each, with ``raise ... from exc``:
 asyncpg's in ``db/pool.py`` (:class:`StorageError`), openai's and httpx's in
-``providers/openai_compat.py`` (:class:`ProviderError` subclasses), jinja2's in
+``providers/openai_compat.py`` (:class:`ProviderError` subclasses; the Batch API client
+in ``providers/openai_batch.py`` and its failed rows go through the same table), jinja2's in
 ``prompts.py``, the HTTP API's answers in ``client.py`` (:class:`ApiError`, or
 :class:`InputError`/:class:`ConfigError` for a 422). Redis errors never reach a caller:
 ``redis_guard.py`` turns each into a bypass (a cache miss, the in-process limiter or

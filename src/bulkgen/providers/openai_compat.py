@@ -1,6 +1,8 @@
 """OpenAI-compatible provider over the official ``openai`` SDK, with the SDK's retries off.
 
-This module is the one boundary where ``openai``/``httpx`` errors become bulkgen errors::
+This module is the one boundary where ``openai``/``httpx`` errors become bulkgen errors
+(:func:`translate_status` applies the same table to an error answer read from a Batch API
+result file)::
 
     429 + code/type insufficient_quota  -> QuotaExhausted        (fails at once)
     429 without limit headers or hint   -> ProviderOverloaded    (snooze, no attempt burnt)
@@ -50,7 +52,15 @@ from bulkgen.models import ChatRequest, Completion, Usage
 from bulkgen.providers.base import api_key_id
 from bulkgen.redaction import redact, remember
 
-__all__ = ["OpenAICompatProvider", "api_key_id", "parse_retry_after_s", "translate_error"]
+__all__ = [
+    "OpenAICompatProvider",
+    "api_key_id",
+    "parse_completion_body",
+    "parse_retry_after_s",
+    "sdk_client",
+    "translate_error",
+    "translate_status",
+]
 
 _RETRYABLE_4XX = frozenset({408, 409})
 
@@ -64,11 +74,9 @@ def parse_retry_after_s(headers: Mapping[str, str], *, now_s: float) -> float | 
     return retry_after_s(headers, now_s)
 
 
-def _error_code(exc: openai.APIStatusError) -> str | None:
-    """The OpenAI error code, looked up in both places servers put it (code, then type)."""
-    if exc.code:
-        return exc.code
-    body = exc.body
+def _body_code(body: object) -> str | None:
+    """The OpenAI error code of an error body, looked up where servers put it (code, then
+    type), inside an ``error`` envelope or not."""
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
@@ -76,34 +84,87 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
                 value = inner.get(key)
                 if isinstance(value, str) and value:
                     return value
-    return getattr(exc, "type", None) or None
+    return None
 
 
-def _says_overloaded(exc: openai.APIStatusError, code: str | None) -> bool:
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    """The OpenAI error code, looked up in both places servers put it (code, then type)."""
+    if exc.code:
+        return exc.code
+    return _body_code(exc.body) or getattr(exc, "type", None) or None
+
+
+def _says_overloaded(status: int, code: str | None, error_type: str | None, message: str) -> bool:
     """A 503 whose code, type or message says the server is overloaded (OpenAI's own
     "The engine is currently overloaded", inference servers' "overloaded" code), or
     Anthropic's 529 ``overloaded_error``; a bare 503 stays an outage."""
-    if exc.status_code == 529:
+    if status == 529:
         return True
-    words = f"{code or ''} {getattr(exc, 'type', None) or ''} {exc.message}".lower()
-    return exc.status_code == 503 and "overload" in words
+    words = f"{code or ''} {error_type or ''} {message}".lower()
+    return status == 503 and "overload" in words
 
 
 def _status_error_class(
-    exc: openai.APIStatusError, code: str | None, headers: Mapping[str, str]
+    status: int,
+    code: str | None,
+    error_type: str | None,
+    message: str,
+    headers: Mapping[str, str],
 ) -> type[ProviderError]:
-    status = exc.status_code
     if status == 429:
         if code == "insufficient_quota":
             return QuotaExhausted
         return RateLimited if announces_limits(headers) else ProviderOverloaded
-    if _says_overloaded(exc, code):
+    if _says_overloaded(status, code, error_type, message):
         return ProviderOverloaded
     if status in _RETRYABLE_4XX:
         return ProviderUnavailable
     if 400 <= status < 500:
         return ProviderRejected
     return ProviderUnavailable
+
+
+def _status_error(
+    status: int,
+    code: str | None,
+    error_type: str | None,
+    message: str,
+    headers: dict[str, str],
+    now_s: float,
+) -> ProviderError:
+    cls = _status_error_class(status, code, error_type, message, headers)
+    detail = f"HTTP {status}" + (f" ({code})" if code else "")
+    return cls(
+        f"{detail}: {message}",
+        status_code=status,
+        retry_after_s=parse_retry_after_s(headers, now_s=now_s),
+        headers=headers,
+    )
+
+
+def translate_status(
+    status: int,
+    body: object,
+    *,
+    headers: Mapping[str, str] | None = None,
+    now_s: float,
+    secrets: Collection[str] = (),
+) -> ProviderError:
+    """An error answer met outside an SDK call (a Batch API row's ``status_code`` and
+    ``body``) -> the error an online call answered so would raise, by the same table."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    message = inner.get("message") if isinstance(inner, dict) else None
+    error_type = inner.get("type") if isinstance(inner, dict) else None
+    error = _status_error(
+        status,
+        _body_code(body),
+        error_type if isinstance(error_type, str) else None,
+        message if isinstance(message, str) and message else "no message",
+        _lower_headers((headers or {}).items()),
+        now_s,
+    )
+    error.args = (redact(str(error), secrets),)
+    return error
 
 
 def translate_error(
@@ -124,14 +185,14 @@ def translate_error(
 def _translate(exc: openai.OpenAIError, *, now_s: float) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         headers = _lower_headers(exc.response.headers.items())
-        code = _error_code(exc)
-        cls = _status_error_class(exc, code, headers)
-        detail = f"HTTP {exc.status_code}" + (f" ({code})" if code else "")
-        return cls(
-            f"{detail}: {exc.message}",
-            status_code=exc.status_code,
-            retry_after_s=parse_retry_after_s(headers, now_s=now_s),
-            headers=headers,
+        error_type = getattr(exc, "type", None)
+        return _status_error(
+            exc.status_code,
+            _error_code(exc),
+            error_type if isinstance(error_type, str) else None,
+            exc.message,
+            headers,
+            now_s,
         )
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeout(f"provider timed out: {exc}")
@@ -207,6 +268,37 @@ def parse_completion_body(
     )
 
 
+def sdk_client(
+    base_url: str,
+    api_key: str,
+    *,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_connections: int,
+    http_client: httpx.AsyncClient | None = None,
+) -> openai.AsyncOpenAI:
+    """The SDK's client with its retries off (the caller's policy decides) over one
+    bounded connection pool; ``http_client`` is injectable for tests."""
+    timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+    if http_client is None:
+        http_client = httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+            ),
+        )
+    # The SDK accepts an httpx.AsyncClient at run time; its annotation names its own
+    # client type, hence the cast.
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        max_retries=0,
+        timeout=cast(Any, timeout),
+        http_client=cast(Any, http_client),
+    )
+
+
 class OpenAICompatProvider:
     """A :class:`~bulkgen.providers.base.Provider` for OpenAI and OpenAI-compatible servers.
 
@@ -232,23 +324,13 @@ class OpenAICompatProvider:
         self._secrets = (api_key,)
         remember(api_key)  # so the log filter knows it too, whatever its shape
         self._clock = clock
-        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        if http_client is None:
-            http_client = httpx.AsyncClient(
-                timeout=timeout,
-                limits=httpx.Limits(
-                    max_connections=max_connections,
-                    max_keepalive_connections=max_connections,
-                ),
-            )
-        # The SDK accepts an httpx.AsyncClient at run time; its annotation names its own
-        # client type, hence the cast.
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=0,
-            timeout=cast(Any, timeout),
-            http_client=cast(Any, http_client),
+        self._client = sdk_client(
+            base_url,
+            api_key,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_connections=max_connections,
+            http_client=http_client,
         )
 
     def __repr__(self) -> str:

@@ -232,16 +232,17 @@ class Store:
         return len(rows)
 
     async def jobs_finish_done(self, worker_id: uuid.UUID, rows: Sequence[DoneRow]) -> set[int]:
-        """Write results and mark done, fenced on the owner; returns the ids written."""
+        """Write results and mark done, fenced on the owner; returns the ids written.
+
+        One statement (the update in a CTE, the results inserted by its main query), so it
+        is its own transaction: an explicit BEGIN and COMMIT around it would only add two
+        round trips. The deferred check that a ``done`` job has its result runs at that
+        statement's commit."""
         if not rows:
             return set()
         cols = list(zip(*[_done_tuple(r) for r in rows], strict=True))
-        async with (
-            translate_errors("finishing jobs"),
-            self.pool.acquire() as conn,
-            conn.transaction(),
-        ):
-            written = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
+        async with translate_errors("finishing jobs"):
+            written = await self.pool.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
         return {r["job_id"] for r in written}
 
     async def jobs_finish_retry(self, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:

@@ -29,7 +29,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 async def _claimed(store: Store, owner: uuid.UUID, n: int) -> list[int]:
     account = await store.account_ensure("acme")
     await store.batch_create(
-        account_id=account,
+        account=account,
         options={},
         template="t",
         template_version="v",

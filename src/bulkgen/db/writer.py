@@ -52,10 +52,12 @@ Outcome = DoneRow | RetryRow | FailedRow
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 
-# Waiting for the jobs still running: a few ms is several jobs' worth of the worker's own
-# work (render, validation, formatting) when answers come at once, and nothing next to a
-# provider call; the cap bounds what a steady trickle of outcomes can add to a job's slot.
-QUIET_S = 0.01
+# Waiting for the jobs still running: 25 ms is several jobs' worth of the worker's own work
+# (render, validation, formatting) when answers come at once, with room for the process to
+# be kept off a busy CPU for a while (at 10 ms, flushes split in two on a loaded machine),
+# and little next to a provider call; the cap bounds what a steady trickle of outcomes can
+# add to a job's slot.
+QUIET_S = 0.025
 MAX_WAIT_S = 0.2
 
 

@@ -23,6 +23,10 @@ times, each from the moment the enqueue call returned to the moment the job's co
 provider's ``complete`` for bulkgen) was entered.
 
     .venv/bin/python bench/queues.py [--jobs 10000] [--concurrency 1,20,50]
+                                     [--systems bulkgen,pgqueuer,procrastinate]
+
+``--systems`` measures only those named (all three by default): bulkgen alone, to compare
+two versions of it, or a peer alone; a ratio whose figures are missing is printed as None.
 
 The peers come from the ``bench`` extra (``pip install -e '.[dev,bench]'``); one that
 cannot be imported or fails is reported and recorded as unavailable, and the others are
@@ -460,11 +464,12 @@ def _unavailable(queue: Queue, exc: BaseException) -> str:
 async def measure_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Every queue at each concurrency in turn (so a change in the machine's load hits
     them alike), then each one's idle latency. A peer failing is recorded, not fatal."""
-    results: dict[str, dict[str, Any]] = {q.name: {"drain": {}} for q in QUEUES}
+    queues = [q for q in QUEUES if q.name in args.systems]
+    results: dict[str, dict[str, Any]] = {q.name: {"drain": {}} for q in queues}
     admin = await asyncpg.connect(args.admin_url)
     try:
         for concurrency in args.concurrency:
-            for queue in QUEUES:
+            for queue in queues:
                 if "unavailable" in results[queue.name]:
                     continue
                 try:
@@ -476,7 +481,7 @@ async def measure_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     continue
                 results[queue.name]["drain"][str(concurrency)] = row
                 print(f"{queue.name:<14} c{concurrency:<3} {row}", flush=True)
-        for queue in QUEUES:
+        for queue in queues:
             if "unavailable" in results[queue.name]:
                 continue
             try:
@@ -581,6 +586,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "jobs": args.jobs,
         "concurrency": args.concurrency,
+        "systems_measured": args.systems,
         "peer_versions": {name: _version(name) for name in ("pgqueuer", "procrastinate")},
         "latency_samples": args.latency_samples,
         "idle_concurrency": IDLE_CONCURRENCY,
@@ -603,10 +609,24 @@ def _concurrencies(text: str) -> list[int]:
     return values
 
 
+def _systems(text: str) -> list[str]:
+    known = [q.name for q in QUEUES]
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(known))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of {', '.join(known)}; unknown: {', '.join(unknown)}"
+        )
+    return [name for name in known if name in names]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--concurrency", type=_concurrencies, default=[1, 20, 50])
+    parser.add_argument(
+        "--systems", type=_systems, default=[q.name for q in QUEUES], help="which to measure"
+    )
     parser.add_argument("--latency-samples", type=int, default=20)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     add_out_argument(parser, "queues")

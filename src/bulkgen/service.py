@@ -119,13 +119,12 @@ class Services:
         template = batch_template(options)
         if rows:
             await self._render_first(template, rows[0], options)
-        account_id = await self.store.account_ensure(account)
         stored_options = options.model_dump(exclude={"template"})
         inputs = [
             {"keyword": r.keyword, "variables": r.variables, "overrides": r.overrides} for r in rows
         ]
         return await self.store.batch_create(
-            account_id=account_id,
+            account=account,
             options=stored_options,
             template=template.text,
             template_version=template.version,

@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=10.0, gt=0)
     poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    # How long a status flush waits for more outcomes to write with (see db/writer.py):
-    # fewer statements per job, each job's slot held that much longer. 0: write at once.
+    # A fixed wait of each status flush for more outcomes to write with (see db/writer.py),
+    # on top of the short wait for the worker's jobs still finishing: fewer statements per
+    # job, each job's slot held that much longer. 0: no fixed wait.
     status_linger_ms: int = Field(default=0, ge=0, le=1000)
 
     # Generation.

@@ -2,7 +2,9 @@
 and shuts down without losing anything.
 
 - **Claim** several jobs per statement (``FOR UPDATE SKIP LOCKED``), as many as there are
-  free slots, fairly across accounts. LISTEN/NOTIFY wakes it on new work; polling every
+  free slots, fairly across accounts. While other jobs still run, a claim waits until half
+  the slots are free or ``CLAIM_GATHER_S`` has passed (see :func:`claim_quorum`); an idle
+  worker claims at once. LISTEN/NOTIFY wakes it on new work; polling every
   ``poll_s`` is the fallback (a lost notification costs latency, never a job).
 - **Lease**: one heartbeat row per worker (writes per worker, not per job). Every
   heartbeat also re-queues jobs of workers whose heartbeat went stale, so any worker can die
@@ -34,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
-from bulkgen.db.writer import Outcome, StatusWriter
+from bulkgen.db.writer import FlushPolicy, Outcome, StatusWriter
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
@@ -43,6 +45,21 @@ from bulkgen.pipeline import BatchPlan, Pipeline
 from bulkgen.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
+
+# How long free slots wait for more to free up before a smaller claim goes out anyway: a
+# few ms of idle slots when jobs end one by one behind long provider calls, and when they
+# end together (the writer writes them together) the quorum is met at once.
+CLAIM_GATHER_S = 0.02
+
+
+def claim_quorum(capacity: int) -> int:
+    """Free slots worth a claim of their own while other jobs still run: half of them.
+
+    Claiming for each slot as it frees makes claims as small as the status writes that
+    free them, one statement (and transaction) for a job or two; waiting for half the
+    slots makes a claim carry at least half a full one. A worker with nothing in flight
+    claims at once, whatever it has free."""
+    return max(1, capacity // 2)
 
 
 @dataclass(frozen=True)
@@ -107,10 +124,15 @@ class Worker:
         self.config = config
         self.metrics = metrics
         self.writer = StatusWriter(
-            store, self.id, linger_ms=config.status_linger_ms, metrics=metrics
+            store,
+            self.id,
+            policy=FlushPolicy(linger_s=config.status_linger_ms / 1000),
+            running=lambda: self._running,
+            metrics=metrics,
         )
         self.tally = WorkerTally()
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._running = 0  # jobs in flight that have not handed their outcome over yet
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -160,9 +182,20 @@ class Worker:
             loop.add_signal_handler(sig, self.stop)
 
     async def _claim_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        short_since_s: float | None = None  # when free slots began waiting for company
         while not self._stopping.is_set():
             self._wake.clear()  # before the claim: a hint arriving during it is kept
-            free = self._capacity() - len(self._inflight)
+            capacity = self._capacity()
+            free = capacity - len(self._inflight)
+            if 0 < free < claim_quorum(capacity) and self._inflight:
+                now_s = loop.time()
+                short_since_s = now_s if short_since_s is None else short_since_s
+                left_s = CLAIM_GATHER_S - (now_s - short_since_s)
+                if left_s > 0:
+                    await self._wait(timeout_s=left_s)  # until a job ends, or the bound
+                    continue
+            short_since_s = None
             claimed: list[ClaimedJob] = []
             if free > 0 and self.pipeline.allows_claim():
                 claimed = await self._claim(free)
@@ -254,25 +287,31 @@ class Worker:
         )
 
     async def _run_job(self, job: ClaimedJob) -> None:
-        outcome: Outcome
+        self._running += 1
         try:
-            plan = await self._plan(job.batch_id)
-            outcome = await self.pipeline.run(job, plan)
-        except StorageError as exc:  # the batch could not be read: try again soon, no attempt
-            outcome = RetryRow(job.id, 1.0, 0, 0, False, "storage", str(exc))
-        except BulkgenError as exc:  # the stored batch itself is unusable
-            outcome = FailedRow(job.id, JobStatus.FAILED, 0, "invalid_batch", str(exc))
-        except Exception as exc:  # a bug must fail the job loudly, not strand it
-            logger.exception("job.crashed", extra={"job_id": job.id})
-            outcome = FailedRow(
-                job.id, JobStatus.FAILED, 1, "internal", f"{type(exc).__name__}: {exc}"
-            )
+            outcome = await self._outcome(job)
+        finally:
+            self._running -= 1  # the writer waits no longer for this one
         if await self.writer.write(replace(outcome, claim=job.claims)):
             self.tally.count(outcome)
         else:
             # Another worker took the job over after our lease lapsed; its result wins.
             self.metrics.inc("jobs.fenced_out")
             logger.warning("job.fenced_out", extra={"job_id": job.id})
+
+    async def _outcome(self, job: ClaimedJob) -> Outcome:
+        try:
+            plan = await self._plan(job.batch_id)
+            return await self.pipeline.run(job, plan)
+        except StorageError as exc:  # the batch could not be read: try again soon, no attempt
+            return RetryRow(job.id, 1.0, 0, 0, False, "storage", str(exc))
+        except BulkgenError as exc:  # the stored batch itself is unusable
+            return FailedRow(job.id, JobStatus.FAILED, 0, "invalid_batch", str(exc))
+        except Exception as exc:  # a bug must fail the job loudly, not strand it
+            logger.exception("job.crashed", extra={"job_id": job.id})
+            return FailedRow(
+                job.id, JobStatus.FAILED, 1, "internal", f"{type(exc).__name__}: {exc}"
+            )
 
     async def _drain(self) -> None:
         if not self._inflight:

@@ -90,7 +90,7 @@ async def test_the_claim_honours_a_quota_set_later(store: Store) -> None:
     await accounts.set_quota(store, "acme", 2)
     account_id = await store.account_ensure("acme")
     await store.batch_create(
-        account_id=account_id,
+        account=account_id,
         options={},
         template="t",
         template_version="v",

@@ -32,7 +32,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 async def _batch(store: Store, n: int) -> uuid.UUID:
     account_id = await store.account_ensure("acme")
     return await store.batch_create(
-        account_id=account_id,
+        account=account_id,
         options={"model": "gpt-4o"},
         template="t",
         template_version="v1",

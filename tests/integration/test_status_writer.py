@@ -10,7 +10,7 @@ import pytest
 
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
-from bulkgen.db.writer import Outcome, StatusWriter
+from bulkgen.db.writer import FlushPolicy, Outcome, StatusWriter
 from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
 
@@ -29,7 +29,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 async def _claimed(store: Store, owner: uuid.UUID, n: int) -> list[int]:
     account = await store.account_ensure("acme")
     await store.batch_create(
-        account_id=account,
+        account=account,
         options={},
         template="t",
         template_version="v",
@@ -94,7 +94,7 @@ async def test_outcomes_finishing_together_share_one_statement_per_kind(store: S
     ids = await _claimed(store, owner, n)
     await _count_job_statements(store)
     metrics = Metrics()
-    writer = StatusWriter(store, owner, max_rows=1000, metrics=metrics)
+    writer = StatusWriter(store, owner, policy=FlushPolicy(max_rows=1000), metrics=metrics)
     outcomes: list[Outcome] = []
     for i, job_id in enumerate(ids):
         if i % 3 == 0:
@@ -215,7 +215,9 @@ async def test_a_lingering_writer_waits_for_company_but_never_past_a_full_statem
     owner = uuid.uuid4()
     ids = await _claimed(store, owner, 6)
     metrics = Metrics()
-    writer = StatusWriter(store, owner, max_rows=5, linger_ms=3_600_000, metrics=metrics)
+    writer = StatusWriter(
+        store, owner, policy=FlushPolicy(max_rows=5, linger_s=3600.0), metrics=metrics
+    )
     writer.start()
     try:
         async with asyncio.timeout(60):  # liveness guard only
@@ -235,3 +237,54 @@ async def test_a_lingering_writer_waits_for_company_but_never_past_a_full_statem
         await writer.close()
     assert metrics.total("db.status_statements") == 2
     assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 6
+
+
+async def test_outcomes_wait_for_the_jobs_still_running_then_go_in_one_statement(
+    store: Store,
+) -> None:
+    """Told how many jobs still run, the writer holds the outcomes of those that reported
+    until the last one has, however slowly they come (here with a quiet interval and a cap
+    far longer than the test may last), and writes them all in one statement."""
+    owner = uuid.uuid4()
+    ids = await _claimed(store, owner, 12)
+    await _count_job_statements(store)
+    running = len(ids)
+    metrics = Metrics()
+    patient = FlushPolicy(quiet_s=3600.0, max_wait_s=3600.0)
+    writer = StatusWriter(store, owner, policy=patient, running=lambda: running, metrics=metrics)
+    writer.start()
+    try:
+        async with asyncio.timeout(60):  # liveness guard only
+            written = []
+            for i, job_id in enumerate(ids):
+                running -= 1
+                written.append(asyncio.create_task(writer.write(_done(job_id, f"# T{i}\n\nw"))))
+                await asyncio.sleep(0.01)  # time enough for a writer that would not wait
+                if running:
+                    assert metrics.total("db.status_statements") == 0
+            results = await asyncio.gather(*written)
+    finally:
+        await writer.close()
+    assert results == [True] * len(ids)
+    assert await store.pool.fetchval("SELECT count(*) FROM test_job_statements") == 1
+    assert metrics.total("db.status_statements") == 1
+
+
+async def test_with_nothing_else_running_an_outcome_is_written_at_once(store: Store) -> None:
+    """The wait for company never applies when there is no company to come: with a quiet
+    interval of an hour, each outcome of a worker running one job at a time is still written
+    (a writer that waited would hang here until the liveness guard)."""
+    owner = uuid.uuid4()
+    ids = await _claimed(store, owner, 5)
+    metrics = Metrics()
+    patient = FlushPolicy(quiet_s=3600.0, max_wait_s=3600.0)
+    writer = StatusWriter(store, owner, policy=patient, running=lambda: 0, metrics=metrics)
+    writer.start()
+    try:
+        async with asyncio.timeout(60):  # liveness guard only
+            for i, job_id in enumerate(ids):
+                assert await writer.write(_done(job_id, f"# T{i}\n\nwords"))
+                assert metrics.total("db.status_statements") == i + 1
+    finally:
+        await writer.close()
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 5

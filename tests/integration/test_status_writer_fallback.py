@@ -55,7 +55,7 @@ async def test_rows_written_before_a_transient_error_are_not_counted_fenced_out(
     owner = uuid.uuid4()
     account = await store.account_ensure("acme")
     await store.batch_create(
-        account_id=account,
+        account=account,
         options={},
         template="t",
         template_version="v",

@@ -56,7 +56,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 async def test_stop_while_full_returns_jobs_within_the_grace_period(store: Store) -> None:
     account = await store.account_ensure("acme")
     batch_id = await store.batch_create(
-        account_id=account,
+        account=account,
         options={"model": "gpt-4o", "max_tokens": 1500},
         template="Write about {{ keyword }}.",
         template_version="v",

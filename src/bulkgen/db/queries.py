@@ -4,22 +4,36 @@ Nothing outside ``bulkgen.db`` knows a table name. Time always comes from the da
 (``now()``), never from a worker's clock, so leases and backoffs agree across machines.
 """
 
+# An existing account is only read, never written: an upsert's DO UPDATE would rewrite its
+# row (a new row version, WAL, a lock) on every submit. NULL when another transaction
+# created the name after this statement's snapshot was taken: ACCOUNT_ID_OF_NAME, run as
+# a statement of its own, then sees it.
 ACCOUNT_ENSURE = """
-INSERT INTO accounts (name) VALUES ($1)
-ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-RETURNING id
+WITH found AS (SELECT id FROM accounts WHERE name = $1),
+created AS (
+    INSERT INTO accounts (name) SELECT $1 WHERE NOT EXISTS (SELECT FROM found)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id
+)
+SELECT id FROM found UNION ALL SELECT id FROM created
 """
 
-BATCH_INSERT = """
-INSERT INTO batches (id, account_id, options, template, template_version, total, budget_usd)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
+ACCOUNT_ID_OF_NAME = "SELECT id FROM accounts WHERE name = $1"
 
-# One statement for the whole batch: arrays unnested server-side (10,000 rows in one round
-# trip), then one NOTIFY for the whole enqueue, delivered at commit.
-JOBS_INSERT_MANY = """
-INSERT INTO jobs (batch_id, account_id, input)
-SELECT $1, $2, i FROM unnest($3::jsonb[]) AS i
+# One statement for the whole batch: the batch row, its jobs (arrays unnested server-side,
+# 10,000 rows in one round trip) and one NOTIFY for the whole enqueue, delivered at commit.
+BATCH_INSERT_WITH_JOBS = """
+WITH batch AS (
+    INSERT INTO batches (id, account_id, options, template, template_version, total,
+                         budget_usd)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    RETURNING id
+),
+queued AS (
+    INSERT INTO jobs (batch_id, account_id, input)
+    SELECT batch.id, $2, i FROM batch, unnest($8::jsonb[]) AS i
+)
+SELECT pg_notify('bulkgen_jobs', id::text) FROM batch
 """
 
 JOBS_NOTIFY = "SELECT pg_notify('bulkgen_jobs', $1)"

@@ -14,11 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from bulkgen.accounting import BatchUsage, BudgetSeed, UsageLine, summarize
 from bulkgen.db import queries as q
 from bulkgen.db.idempotency import IdempotencyKey, idempotency_key_claim
 from bulkgen.db.pool import translate_errors
+from bulkgen.errors import StorageError
 from bulkgen.models import JobStatus
 from bulkgen.pricing import PriceTable
 
@@ -117,14 +119,14 @@ class Store:
         self.pool = pool
 
     async def account_ensure(self, name: str) -> int:
-        async with translate_errors("creating the account"):
-            account_id: int = await self.pool.fetchval(q.ACCOUNT_ENSURE, name)
-        return account_id
+        """The account's id, created if it does not exist; an existing one is not written."""
+        async with translate_errors("creating the account"), self.pool.acquire() as conn:
+            return await _account_ensure(conn, name)
 
     async def batch_create(
         self,
         *,
-        account_id: int,
+        account: int | str,
         options: dict[str, Any],
         template: str,
         template_version: str,
@@ -132,7 +134,9 @@ class Store:
         budget_usd: Decimal | None = None,
         idempotency: IdempotencyKey | None = None,
     ) -> uuid.UUID:
-        """Insert a batch and all its jobs atomically: all of them or none.
+        """Insert a batch and all its jobs atomically: all of them or none, in one
+        transaction with the account (its id, or its name: created if missing, only read
+        if not), the idempotency key and the NOTIFY.
 
         With an idempotency key already used by an identical request, nothing is written
         and that request's batch id is returned (see :mod:`bulkgen.db.idempotency`).
@@ -143,12 +147,15 @@ class Store:
             self.pool.acquire() as conn,
             conn.transaction(),
         ):
+            account_id = (
+                account if isinstance(account, int) else await _account_ensure(conn, account)
+            )
             if idempotency is not None:
                 earlier = await idempotency_key_claim(conn, account_id, idempotency, batch_id)
                 if earlier is not None:
                     return earlier
             await conn.execute(
-                q.BATCH_INSERT,
+                q.BATCH_INSERT_WITH_JOBS,
                 batch_id,
                 account_id,
                 options,
@@ -156,9 +163,8 @@ class Store:
                 template_version,
                 len(inputs),
                 budget_usd,
+                list(inputs),
             )
-            await conn.execute(q.JOBS_INSERT_MANY, batch_id, account_id, list(inputs))
-            await conn.execute(q.JOBS_NOTIFY, str(batch_id))
         return batch_id
 
     async def batch_get(self, batch_id: uuid.UUID) -> BatchRecord | None:
@@ -232,16 +238,17 @@ class Store:
         return len(rows)
 
     async def jobs_finish_done(self, worker_id: uuid.UUID, rows: Sequence[DoneRow]) -> set[int]:
-        """Write results and mark done, fenced on the owner; returns the ids written."""
+        """Write results and mark done, fenced on the owner; returns the ids written.
+
+        One statement (the update in a CTE, the results inserted by its main query), so it
+        is its own transaction: an explicit BEGIN and COMMIT around it would only add two
+        round trips. The deferred check that a ``done`` job has its result runs at that
+        statement's commit."""
         if not rows:
             return set()
         cols = list(zip(*[_done_tuple(r) for r in rows], strict=True))
-        async with (
-            translate_errors("finishing jobs"),
-            self.pool.acquire() as conn,
-            conn.transaction(),
-        ):
-            written = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
+        async with translate_errors("finishing jobs"):
+            written = await self.pool.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
         return {r["job_id"] for r in written}
 
     async def jobs_finish_retry(self, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:
@@ -340,6 +347,17 @@ class Store:
             return BudgetSeed(None, Decimal(0))
         usage = await self.batch_usage(batch_id, prices)
         return BudgetSeed(cap, usage.cost_usd)
+
+
+async def _account_ensure(conn: PoolConnectionProxy[Any], name: str) -> int:
+    """One statement in the common cases (the account exists, or this call creates it); a
+    second only when another transaction created it at the same moment."""
+    account_id: int | None = await conn.fetchval(q.ACCOUNT_ENSURE, name)
+    if account_id is None:
+        account_id = await conn.fetchval(q.ACCOUNT_ID_OF_NAME, name)
+    if account_id is None:  # created and deleted again in between
+        raise StorageError(f"the account {name!r} vanished while it was being created")
+    return account_id
 
 
 def pg_text(text: str) -> str:

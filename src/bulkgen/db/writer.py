@@ -1,17 +1,27 @@
 """Group-committed, coalesced status writes.
 
 A job costs two writes to its ``jobs`` row (its claim and its finish) and far less than one
-statement: a flush starts as soon as there is an outcome to write and no flush is running,
-and the outcomes that arrive while it runs are written together by the next one, at most
-``max_rows`` at a time, one statement per kind (done, retry, failed). An idle writer thus
-writes an outcome at once, and a busy one batches as much as the database's own latency
-lets pile up, with no timer in between. Nothing is written between the claim and the
-finish.
+statement: outcomes are written together, at most ``max_rows`` at a time, one statement per
+kind (done, retry, failed). Nothing is written between the claim and the finish.
 
-``linger_ms`` (0 by default) trades latency for fewer statements: a flush first waits that
-long for company, unless ``max_rows`` outcomes are already waiting. Every job then holds
-its slot that much longer, so it only pays where the database, not the provider, is the
-bottleneck.
+When to flush is :class:`FlushPolicy`'s decision. It batches when there is something to
+batch and never waits when there is not:
+
+- when no other job of this worker is still running (``running`` reports 0), nothing can
+  join the outcomes waiting, so they are written at once: a worker running one job at a
+  time, or the last jobs of a drain, never wait;
+- while other jobs still run, the outcomes wait for them as long as they keep finishing:
+  each new outcome within ``quiet_s`` of the last extends the wait, up to ``max_wait_s``
+  after the first. Jobs that finish together (a claim's worth of cache hits, fast models, a
+  burst of failures) are thus written by one statement instead of one per database round
+  trip, while an outcome whose neighbours are in the middle of a long provider call waits
+  ``quiet_s`` at most, a sliver of that call;
+- ``max_rows`` outcomes waiting, or ``close()``, end any wait.
+
+A writer that is not told what runs (``running`` None, as in tests and tools) flushes as
+soon as an outcome waits and no flush is running: what arrives meanwhile goes with the
+next flush. ``linger_s`` (0 by default, ``BULKGEN_STATUS_LINGER_MS``) adds a fixed wait for
+company on top, for deployments where the database, not the provider, is the bottleneck.
 
 A caller awaits its outcome's write, so a worker never reports a job finished that the
 database does not know about. If the database is away, outcomes wait in memory and the
@@ -42,6 +52,39 @@ Outcome = DoneRow | RetryRow | FailedRow
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 
+# Waiting for the jobs still running: 25 ms is several jobs' worth of the worker's own work
+# (render, validation, formatting) when answers come at once, with room for the process to
+# be kept off a busy CPU for a while (at 10 ms, flushes split in two on a loaded machine),
+# and little next to a provider call; the cap bounds what a steady trickle of outcomes can
+# add to a job's slot.
+QUIET_S = 0.025
+MAX_WAIT_S = 0.2
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When the outcomes waiting should be written (see the module docstring). Pure: the
+    writer passes what it sees, and the policy answers how much longer to wait."""
+
+    max_rows: int = 500
+    linger_s: float = 0.0
+    quiet_s: float = QUIET_S
+    max_wait_s: float = MAX_WAIT_S
+
+    def wait_s(self, *, waiting: int, running: int | None, age_s: float, quiet_s: float) -> float:
+        """Seconds to wait at most before flushing (0: flush now), given ``waiting``
+        outcomes, the oldest ``age_s`` old, the newest ``quiet_s`` old, and ``running``
+        jobs of this worker that have not reported yet (None: unknown)."""
+        if waiting <= 0:
+            return 0.0
+        if waiting >= self.max_rows:
+            return 0.0
+        linger_left_s = self.linger_s - age_s
+        if running is None or running <= 0:
+            return max(0.0, linger_left_s)  # no one else can come but by chance
+        company_left_s = min(self.quiet_s - quiet_s, self.max_wait_s - age_s)
+        return max(0.0, linger_left_s, company_left_s)
+
 
 @dataclass
 class _Pending:
@@ -57,14 +100,20 @@ class StatusWriter:
         store: Store,
         worker_id: uuid.UUID,
         *,
-        max_rows: int = 500,
-        linger_ms: int = 0,
+        policy: FlushPolicy | None = None,
+        running: Callable[[], int] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``running``: how many jobs of this worker have not handed their outcome over
+        yet; with it the writer waits for them while they keep finishing (module
+        docstring)."""
         self._store = store
         self._worker_id = worker_id
-        self._max_rows = max_rows
-        self._linger_s = linger_ms / 1000
+        self._policy = policy or FlushPolicy()
+        self._max_rows = self._policy.max_rows
+        self._running = running
+        self._first_s = 0.0  # loop time the oldest waiting outcome arrived
+        self._last_s = 0.0  # loop time the newest one arrived
         self._metrics = metrics or default_metrics
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -77,6 +126,10 @@ class StatusWriter:
     async def write(self, row: Outcome) -> bool:
         """Queue one outcome; True once written, False if the fence refused it (taken over)."""
         pending = _Pending(row)
+        now_s = asyncio.get_running_loop().time()
+        if not self._pending:
+            self._first_s = now_s
+        self._last_s = now_s
         self._pending.append(pending)
         self._wake.set()
         return await asyncio.shield(pending.written)
@@ -102,8 +155,7 @@ class StatusWriter:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            if self._linger_s:
-                await self._linger()
+            await self._gather()
             try:
                 await self._flush_once()
                 backoff_s = BACKOFF_FIRST_S
@@ -119,18 +171,23 @@ class StatusWriter:
                     await asyncio.wait_for(self._closing.wait(), backoff_s)
                 backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
 
-    async def _linger(self) -> None:
-        """Wait ``linger_ms`` for more outcomes; a full statement's worth, or close(), ends
-        the wait early."""
+    async def _gather(self) -> None:
+        """Wait as long as the policy says company is worth waiting for; a new outcome
+        asks it again, and close() ends the wait."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._linger_s
-        while len(self._pending) < self._max_rows and not self._closing.is_set():
-            left_s = deadline - loop.time()
-            if left_s <= 0:
+        while self._pending and not self._closing.is_set():
+            now_s = loop.time()
+            wait_s = self._policy.wait_s(
+                waiting=len(self._pending),
+                running=None if self._running is None else self._running(),
+                age_s=now_s - self._first_s,
+                quiet_s=now_s - self._last_s,
+            )
+            if wait_s <= 0:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left_s)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
 
     async def _flush_once(self) -> None:
         """Write up to ``max_rows`` outcomes, one statement per kind. Each outcome is

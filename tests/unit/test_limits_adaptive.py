@@ -221,7 +221,8 @@ async def test_governor_cuts_concurrency_on_overload_and_logs_it(
                 raise ProviderOverloaded("503 overloaded", status_code=503)
     assert gov.concurrency_limit(KEY) == 8  # the first slow start ends halved
     assert metrics.total("limiter.overloaded") == 1
-    assert metrics.gauge("limiter.concurrency_limit", model=KEY.model) == 8
+    labels = {"provider": KEY.base_url, "key": KEY.api_key_id, "model": KEY.model}
+    assert metrics.gauge("limiter.concurrency_limit", **labels) == 8
     events = [(r.getMessage(), getattr(r, "limit", None)) for r in caplog.records]
     assert ("limiter.concurrency_cut", 8) in events
     assert ("limiter.concurrency_grown", 16) in events

@@ -21,6 +21,13 @@ knob, and it is found the way TCP finds a path's capacity (AIMD):
   one (a slow moving average). Servers that queue instead of refusing answer slower as
   they fill up; comparing two averages, not one answer with the fastest, keeps answers of
   different lengths from looking like congestion.
+
+**The fleet.** With Redis, the processes of a fleet probe one limit together rather than
+each its own: every change a process makes is also sent as an :class:`Adjustment` (grow
+by a step, or cut by a factor) that Redis applies to the shared :class:`FleetLimit`, and
+the process adopts what comes back. A cut is applied at most once per round trip, on
+Redis's clock, whichever process saw the overload; a growth step computed before the
+fleet's latest cut (an older ``epoch``) is dropped: its answer was sent before the cut.
 """
 
 from __future__ import annotations
@@ -56,6 +63,35 @@ class LimitChange:
     reason: str  # "overload", "latency", "rate_limited" or "healthy"
 
 
+@dataclass(frozen=True, slots=True)
+class FleetLimit:
+    """The probed limit as the fleet shares it, for a process to adopt."""
+
+    limit: float
+    cut_at: float | None  # the limit just before the last cut, None before any
+    slow_start: bool
+    engaged: bool  # some process has seen an overload answer
+    epoch: int  # how many cuts the fleet has made
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """What one event did to this process's limit, for the fleet to apply to its own.
+
+    ``cut``: multiply by ``amount`` unless the fleet cut within ``holdoff_s``. Otherwise
+    add ``amount`` (at most up to ``ceiling``) and take ``after``'s phase (``cut_at``,
+    ``slow_start``), if the fleet has made no cut since ``epoch``. ``after`` is this
+    process's whole state after the event: what a fleet that has none yet starts from.
+    """
+
+    cut: bool
+    amount: float
+    epoch: int
+    after: FleetLimit
+    holdoff_s: float
+    ceiling: int
+
+
 class AdaptiveLimit:
     """The concurrency limit of one (provider, key, model), as this process has found it."""
 
@@ -70,6 +106,9 @@ class AdaptiveLimit:
         self._normal_s: float | None = None
         self._answers = 0
         self.overloads = 0  # overload answers seen (an engaged limit caps learned rates)
+        self._fleet_engaged = False
+        self.epoch = 0  # cuts made, this process's or the fleet's once adopted
+        self.adjustment: Adjustment | None = None  # what the last event did, to share
 
     def value(self) -> int:
         return max(1, min(self.config.ceiling, math.floor(self._limit)))
@@ -79,7 +118,17 @@ class AdaptiveLimit:
         """True once the server has answered that it was full. Slow answers alone never
         engage the limit: a provider announcing rates may answer slowly for other reasons
         (longer answers), and its rates stay in charge."""
-        return self.overloads > 0
+        return self.overloads > 0 or self._fleet_engaged
+
+    def state(self) -> FleetLimit:
+        return FleetLimit(self._limit, self._cut_at, self._slow_start, self.engaged, self.epoch)
+
+    def adopt(self, fleet: FleetLimit) -> None:
+        """Take the fleet's limit and phase as this process's own (latency stays local)."""
+        self._limit, self._cut_at = fleet.limit, fleet.cut_at
+        self._slow_start = fleet.slow_start
+        self._fleet_engaged = self._fleet_engaged or fleet.engaged
+        self.epoch = fleet.epoch
 
     def round_trip_s(self) -> float:
         return self._recent_s or self.config.default_round_trip_s
@@ -90,7 +139,9 @@ class AdaptiveLimit:
             self._observe(latency_s)
         if self._congested():
             return self.on_overload(now_s, reason="latency")
+        before, epoch = self._limit, self.epoch
         self._grow()
+        self.adjustment = self._adjustment(cut=False, amount=self._limit - before, epoch=epoch)
         if self.value() >= 2 * self._reported:
             self._reported = self.value()
             return LimitChange(Change.GROWN, self.value(), "healthy")
@@ -102,6 +153,7 @@ class AdaptiveLimit:
         """Cut, unless a cut happened within the last round trip (then None)."""
         if reason == "overload":
             self.overloads += 1
+        self.adjustment = None
         last = self._last_cut_s
         if last is not None and now_s - last < self.round_trip_s():
             return None
@@ -111,8 +163,15 @@ class AdaptiveLimit:
         factor = backoff or (0.5 if first else self.config.backoff)
         self._slow_start = False
         self._limit = max(1.0, self._limit * factor)
+        self.epoch += 1
         self._reported = self.value()
+        self.adjustment = self._adjustment(cut=True, amount=factor, epoch=self.epoch - 1)
         return LimitChange(Change.CUT, self.value(), reason)
+
+    def _adjustment(self, *, cut: bool, amount: float, epoch: int) -> Adjustment:
+        return Adjustment(
+            cut, amount, epoch, self.state(), self.round_trip_s(), self.config.ceiling
+        )
 
     def _observe(self, latency_s: float) -> None:
         self._answers += 1

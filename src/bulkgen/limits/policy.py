@@ -154,6 +154,10 @@ class RatePolicy:
         index = min(len(ordered) - 1, int(self.config.latency_quantile * len(ordered)))
         return ordered[index]
 
+    def probe_binds(self) -> bool:
+        """True while the probed limit decides (or caps) the requests in flight."""
+        return self.rate_per_s() is None or self.adaptive.engaged
+
     def concurrency_limit(self) -> int:
         rate = self.rate_per_s()
         if rate is None:

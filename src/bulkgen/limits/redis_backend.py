@@ -17,7 +17,9 @@ provider's 429s, handled locally, bound the damage).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.typing import EncodableT, FieldT
@@ -129,6 +131,15 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]))
 return {tostring(limit), tostring(cut_at), tostring(slow), tostring(engaged), tostring(epoch)}
 """
 
+# KEYS: concurrency. -> {limit (0 = none), milliseconds since a process last changed it}
+READ_CONCURRENCY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local h = redis.call('HMGET', KEYS[1], 'limit', 'updated_ms')
+if not h[1] then return {'0', '0'} end
+return {h[1], string.format('%.3f', now - (tonumber(h[2]) or now))}
+"""
+
 # KEYS: tok_tat. ARGV: delta_tokens (+ charge, - refund), ms per token.
 ADJUST_LUA = """
 local t = redis.call('TIME')
@@ -182,6 +193,25 @@ def _parse_admission(reply: list[Any], local_limit_tpm: int | None) -> Admission
         local=False,
         fleet_limit=_parse_fleet_limit(reply[8:]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReading:
+    """The probed concurrency limit the fleet shares, as an operator sees it."""
+
+    limit: int
+    age_s: float  # since a process last changed it
+
+
+async def read_fleet_limit(redis: RedisClient, key: LimitKey) -> FleetReading | None:
+    """The fleet's probed limit for ``key``; None when no process has shared one lately
+    (nothing probed: limits announced, no worker running, or each on its own Redis-less
+    way). Errors propagate: a reader, not a worker, decides what a failing Redis means."""
+    script = redis.register_script(READ_CONCURRENCY_LUA)
+    limit, age_ms = (float(_text(v)) for v in await script(keys=[redis_keys(key).concurrency]))
+    if limit <= 0:
+        return None
+    return FleetReading(max(1, math.floor(limit)), max(0.0, age_ms / 1000.0))
 
 
 class RedisBackend:

@@ -10,12 +10,17 @@ knob, and it is found the way TCP finds a path's capacity (AIMD):
 - **Cut.** An overload signal multiplies the limit by ``backoff`` (never below 1), at most
   once per round trip (smoothed latency): the answers that arrive within one round trip of
   a cut were sent before it, and say nothing new. The cut that ends the first slow start
-  halves the limit: doubling each round trip overshoots by up to twice the capacity.
+  halves the limit: doubling each round trip overshoots by up to twice the capacity. So
+  does a cut in the round trip right after another: the server shrank well below the
+  limit, and the limit follows it down in a few round trips rather than many.
 - **Congestion avoidance.** After a cut each healthy answer adds ``1 / limit``: one more
   request per round trip. In the last request under the limit of the last cut the growth
   is ``probe_slowdown`` times slower, so a server that is full at N is asked for N + 1
-  rarely; one request past that limit without an overload, the server has grown and slow
-  start resumes, so the limit follows a larger server within a few seconds.
+  rarely. Once the limit is back at the level that was cut and answers stay healthy
+  there for ``forget_after_round_trips`` round trips (a full server refuses the request
+  too many at once, within one), the server has grown: the cut level is forgotten and
+  slow start resumes, so the limit follows a larger server within a few seconds instead
+  of creeping past the old level one request per ``probe_slowdown`` round trips.
 - **Signals.** An overload answer, or an answer whose latency is well above normal: the
   recent latency (a fast moving average) above ``latency_tolerance`` times the long-run
   one (a slow moving average). Servers that queue instead of refusing answer slower as
@@ -42,6 +47,7 @@ class AdaptiveConfig:
     ceiling: int = 256  # the limit never grows past this
     backoff: float = 0.8  # the multiplicative cut on an overload signal
     probe_slowdown: float = 8.0  # how much slower the growth is just under the last cut
+    forget_after_round_trips: float = 2.0  # healthy at the cut level this long: it grew
     latency_tolerance: float = 2.0  # recent latency above this times the normal one: overload
     latency_warmup: int = 20  # answers before latency is trusted as a signal
     fast_alpha: float = 0.1  # weight of one answer in the recent latency
@@ -101,6 +107,7 @@ class AdaptiveLimit:
         self._slow_start = True
         self._cut_at: float | None = None  # the limit just before the last cut
         self._last_cut_s: float | None = None
+        self._at_cut_level_s: float | None = None  # since when the limit is back there
         self._reported = 1
         self._recent_s: float | None = None
         self._normal_s: float | None = None
@@ -128,6 +135,8 @@ class AdaptiveLimit:
         self._limit, self._cut_at = fleet.limit, fleet.cut_at
         self._slow_start = fleet.slow_start
         self._fleet_engaged = self._fleet_engaged or fleet.engaged
+        if fleet.epoch != self.epoch:
+            self._at_cut_level_s = None  # a cut elsewhere: its level is the one to watch
         self.epoch = fleet.epoch
 
     def round_trip_s(self) -> float:
@@ -140,7 +149,7 @@ class AdaptiveLimit:
         if self._congested():
             return self.on_overload(now_s, reason="latency")
         before, epoch = self._limit, self.epoch
-        self._grow()
+        self._grow(now_s)
         self.adjustment = self._adjustment(cut=False, amount=self._limit - before, epoch=epoch)
         if self.value() >= 2 * self._reported:
             self._reported = self.value()
@@ -154,13 +163,15 @@ class AdaptiveLimit:
         if reason == "overload":
             self.overloads += 1
         self.adjustment = None
-        last = self._last_cut_s
-        if last is not None and now_s - last < self.round_trip_s():
+        last, round_trip_s = self._last_cut_s, self.round_trip_s()
+        if last is not None and now_s - last < round_trip_s:
             return None
         self._last_cut_s = now_s
+        self._at_cut_level_s = None
         first = self._slow_start and self._cut_at is None
+        again = last is not None and now_s - last < 2 * round_trip_s  # far too many still
         self._cut_at = self._limit
-        factor = backoff or (0.5 if first else self.config.backoff)
+        factor = backoff or (0.5 if first or again else self.config.backoff)
         self._slow_start = False
         self._limit = max(1.0, self._limit * factor)
         self.epoch += 1
@@ -189,14 +200,27 @@ class AdaptiveLimit:
         assert self._recent_s is not None and self._normal_s is not None
         return self._recent_s > self.config.latency_tolerance * self._normal_s
 
-    def _grow(self) -> None:
+    def _grow(self, now_s: float) -> None:
         cfg = self.config
         if self._slow_start:
             step = 1.0
         else:
             step = 1.0 / self._limit
-            if self._cut_at is not None and self._limit >= self._cut_at + 1:
-                self._slow_start = True  # past the old limit: the server grew
+            if self._cut_at is not None and self._grown_past_cut(now_s):
+                self._slow_start = True  # the server grew: find its new capacity fast
             elif self._cut_at is not None and self._limit >= self._cut_at - 1:
                 step /= cfg.probe_slowdown
         self._limit = min(float(cfg.ceiling), self._limit + step)
+
+    def _grown_past_cut(self, now_s: float) -> bool:
+        """Past the level of the last cut, or healthy at it for a few round trips."""
+        assert self._cut_at is not None
+        if self._limit >= self._cut_at + 1:
+            return True
+        if self.value() < math.floor(self._cut_at):
+            self._at_cut_level_s = None
+            return False
+        if self._at_cut_level_s is None:
+            self._at_cut_level_s = now_s
+        held_s = self.config.forget_after_round_trips * self.round_trip_s()
+        return now_s - self._at_cut_level_s >= held_s

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
 
 from bulkgen.errors import ProviderOverloaded
 from bulkgen.limits import LimitKey, RateGovernor, build_governor
-from bulkgen.limits.adaptive import Adjustment, FleetLimit
+from bulkgen.limits.adaptive import AdaptiveConfig, AdaptiveLimit, Adjustment, FleetLimit
 from bulkgen.limits.backend import LocalBackend
 from bulkgen.limits.keys import redis_keys
 from bulkgen.limits.redis_backend import CONCURRENCY_TTL_MS, RedisBackend
@@ -16,6 +17,7 @@ from bulkgen.metrics import Metrics
 from bulkgen.models import Completion, Usage
 from bulkgen.redis_client import RedisClient
 from bulkgen.settings import Settings
+from tests.limits_support import grow_to
 
 pytestmark = [pytest.mark.redis, pytest.mark.redis_cluster]
 
@@ -25,11 +27,6 @@ LATENCY_S = 30.0  # one round trip: no cut of this test is ever past the fleet's
 
 def completion() -> Completion:
     return Completion("x", Usage(5, 5), "stop", KEY.model, latency_s=LATENCY_S)
-
-
-async def succeed(gov: RateGovernor) -> None:
-    async with gov.slot(KEY, 10) as slot:
-        await slot.record(completion())
 
 
 async def overload(gov: RateGovernor) -> None:
@@ -44,18 +41,25 @@ async def fleet(redis_client: RedisClient, size: int) -> list[RateGovernor]:
 
 async def test_every_process_grows_the_one_fleet_limit(redis_client: RedisClient) -> None:
     one, two, three = await fleet(redis_client, 3)
-    for _ in range(7):
-        await succeed(one)
-    assert one.concurrency_limit(KEY) == 8  # slow start: one more per answer
-    await succeed(two)  # admitted at the fleet's limit, not at its own first 1
-    assert two.concurrency_limit(KEY) == 9
-    for gov in (one, two, three):
-        await succeed(gov)
-    await succeed(three)
-    # 12 answers from three processes grew one limit by 12, as one process would.
-    assert three.concurrency_limit(KEY) == 13
+    grown = await grow_to(one, KEY, completion(), 9)
+    async with two.slot(KEY, 10):  # admitted at the fleet's limit, not at its own first 1
+        assert two.concurrency_limit(KEY) == grown
+    # Three requests of each process in flight at once, then answered: the fleet's one
+    # limit grows as one process's limit would with the same answers.
+    lone = AdaptiveLimit(AdaptiveConfig())
+    lone.adopt(one.policy(KEY).adaptive.state())
+    async with contextlib.AsyncExitStack() as stack:
+        slots = [
+            await stack.enter_async_context(gov.slot(KEY, 10))
+            for gov in (one, two, three)
+            for _ in range(3)
+        ]
+        for slot in reversed(slots):
+            lone.on_success(LATENCY_S, 0.0, used=slot.used)
+            await slot.record(completion())
     stored = await redis_client.hgetall(redis_keys(KEY).concurrency)
-    assert float(stored[b"limit"]) == 13.0
+    assert float(stored[b"limit"]) == pytest.approx(lone.state().limit)
+    assert lone.value() > grown + 1  # the answers of more than one process grew it
     assert 0 < await redis_client.pttl(redis_keys(KEY).concurrency) <= CONCURRENCY_TTL_MS
 
 
@@ -63,17 +67,16 @@ async def test_overloads_seen_by_three_processes_cut_the_fleet_once(
     redis_client: RedisClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     govs = await fleet(redis_client, 3)
-    for _ in range(15):
-        await succeed(govs[0])
+    grown = await grow_to(govs[0], KEY, completion(), 16)
     with caplog.at_level(logging.WARNING, logger="bulkgen.limits.governor"):
         for gov in govs:  # one round trip of overloads, each process gets one
             await overload(gov)
     for gov in govs:
-        await succeed(gov)
-    # 16 halved once (the end of slow start), then three answers of congestion avoidance.
-    assert all(gov.concurrency_limit(KEY) == 8 for gov in govs)
+        async with gov.slot(KEY, 10):  # admission adopts the fleet's limit
+            assert gov.concurrency_limit(KEY) == grown // 2  # halved once, not three times
     stored = await redis_client.hgetall(redis_keys(KEY).concurrency)
-    assert int(stored[b"epoch"]) == 1 and float(stored[b"cut_at"]) == 16.0
+    assert int(stored[b"epoch"]) == 1
+    assert float(stored[b"cut_at"]) == govs[0].policy(KEY).adaptive.state().cut_at
     assert int(stored[b"engaged"]) == 1
     assert any(r.getMessage() == "limiter.concurrency_cut" for r in caplog.records)
 

@@ -13,6 +13,7 @@ from bulkgen.limits.adaptive import AdaptiveConfig, AdaptiveLimit, Change, Limit
 from bulkgen.limits.headers import RateLimitSnapshot
 from bulkgen.metrics import Metrics
 
+from ..limits_support import grow_to
 from .test_limits_governor import FakeTime, completion, make
 from .test_limits_policy import state_of
 
@@ -137,6 +138,18 @@ def test_the_level_of_the_last_cut_is_forgotten_after_healthy_round_trips() -> N
     assert limit.value() >= 20
 
 
+def test_a_limit_less_than_half_used_does_not_grow() -> None:
+    limit = AdaptiveLimit(AdaptiveConfig())
+    for _ in range(15):
+        limit.on_success(RTT_S, 0.0, used=1.0)
+    assert limit.value() == 16
+    for second in range(100):  # a client that never has more than 7 requests to send
+        assert limit.on_success(RTT_S, float(second), used=7 / 16) is None
+    assert limit.value() == 16 and limit.adjustment is None  # nothing to share either
+    limit.on_success(RTT_S, 100.0, used=8 / 16)
+    assert limit.value() == 17
+
+
 def test_latency_well_above_normal_is_an_overload_signal() -> None:
     limit = AdaptiveLimit(AdaptiveConfig())
     now_s = 0.0
@@ -241,20 +254,17 @@ async def test_governor_cuts_concurrency_on_overload_and_logs_it(
     fake, metrics = FakeTime(), Metrics()
     gov = await make(fake, metrics, breaker_failures=3)
     with caplog.at_level(logging.INFO, logger="bulkgen.limits.governor"):
-        for _ in range(15):
-            async with gov.slot(KEY, 10) as slot:
-                await slot.record(completion(10))
-        assert gov.concurrency_limit(KEY) == 16
+        grown = await grow_to(gov, KEY, completion(10), 16)
         with pytest.raises(ProviderOverloaded):
             async with gov.slot(KEY, 10):
                 raise ProviderOverloaded("503 overloaded", status_code=503)
-    assert gov.concurrency_limit(KEY) == 8  # the first slow start ends halved
+    assert gov.concurrency_limit(KEY) == grown // 2  # the first slow start ends halved
     assert metrics.total("limiter.overloaded") == 1
     labels = {"provider": KEY.base_url, "key": KEY.api_key_id, "model": KEY.model}
-    assert metrics.gauge("limiter.concurrency_limit", **labels) == 8
+    assert metrics.gauge("limiter.concurrency_limit", **labels) == grown // 2
     events = [(r.getMessage(), getattr(r, "limit", None)) for r in caplog.records]
-    assert ("limiter.concurrency_cut", 8) in events
-    assert ("limiter.concurrency_grown", 16) in events
+    assert ("limiter.concurrency_cut", grown // 2) in events
+    assert [e for e in events if e[0] == "limiter.concurrency_grown"]
     assert gov.allows_claim(KEY)  # one overload after successes: the server is not down
 
 

@@ -21,6 +21,11 @@ knob, and it is found the way TCP finds a path's capacity (AIMD):
   too many at once, within one), the server has grown: the cut level is forgotten and
   slow start resumes, so the limit follows a larger server within a few seconds instead
   of creeping past the old level one request per ``probe_slowdown`` round trips.
+- **Only a used limit grows.** An answer grows the limit only if at least half of it was
+  in flight when its request was sent. A client that sends less than its limit (fewer
+  jobs, or a busy machine) learns nothing about the server's capacity: growing anyway
+  would leave a limit far above it, and a flood of overload answers when the demand
+  comes back.
 - **Signals.** An overload answer, or an answer whose latency is well above normal: the
   recent latency (a fast moving average) above ``latency_tolerance`` times the long-run
   one (a slow moving average). Servers that queue instead of refusing answer slower as
@@ -142,12 +147,19 @@ class AdaptiveLimit:
     def round_trip_s(self) -> float:
         return self._recent_s or self.config.default_round_trip_s
 
-    def on_success(self, latency_s: float, now_s: float) -> LimitChange | None:
-        """A healthy answer grows the limit; a slow one is an overload signal."""
+    def on_success(
+        self, latency_s: float, now_s: float, *, used: float | None = None
+    ) -> LimitChange | None:
+        """A healthy answer grows the limit, if it was used (``used``: the share of the
+        limit in flight once this request was sent, None for all of it); a slow answer is
+        an overload signal."""
+        self.adjustment = None
         if latency_s > 0:
             self._observe(latency_s)
         if self._congested():
             return self.on_overload(now_s, reason="latency")
+        if used is not None and used < 0.5:
+            return None  # half the limit unused: its answers say nothing about more
         before, epoch = self._limit, self.epoch
         self._grow(now_s)
         self.adjustment = self._adjustment(cut=False, amount=self._limit - before, epoch=epoch)

@@ -52,6 +52,7 @@ class AdmissionResult:
     limit_tpm: int | None = None
     local: bool = True  # which backend holds the lease
     fleet_limit: FleetLimit | None = None  # the probed concurrency the fleet shares, if any
+    inflight: int = 0  # leases held once this one was granted (the fleet's, with Redis)
 
 
 class LimitBackend(Protocol):
@@ -141,7 +142,7 @@ class LocalBackend:
         b.requests.charge(now_s, 1, req_interval_s)
         b.tokens.charge(now_s, request.tokens, tok_interval_s)
         b.leases[request.holder] = now_s + request.lease_ttl_s
-        return base
+        return replace(base, inflight=len(b.leases))
 
     async def release(self, key: LimitKey, holder: str, *, local: bool = True) -> None:
         self._budget(key).leases.pop(holder, None)

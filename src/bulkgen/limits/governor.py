@@ -104,8 +104,10 @@ class Slot:
         *,
         probe: bool,
         unbudgeted: bool = False,
+        used: float | None = None,
     ) -> None:
         self.key = key
+        self.used = used  # the share of the lease limit in flight once this one was admitted
         self.reserved_tokens = reserved_tokens
         self.probe = probe
         self.unbudgeted = unbudgeted  # admitted while no token limit was known: not charged
@@ -169,8 +171,15 @@ class RateGovernor:
     async def _slot(self, key: LimitKey, tokens: int) -> AsyncIterator[Slot]:
         state = self._state(key)
         holder = f"{self._instance}:{next(self._counter)}"
-        result, probe = await self._admit(key, state, tokens, holder)
-        slot = Slot(self, key, tokens, probe=probe, unbudgeted=result.limit_tpm is None)
+        result, probe, lease_limit = await self._admit(key, state, tokens, holder)
+        slot = Slot(
+            self,
+            key,
+            tokens,
+            probe=probe,
+            unbudgeted=result.limit_tpm is None,
+            used=result.inflight / lease_limit if result.inflight else None,
+        )
         try:
             yield slot
         except RateLimited as exc:
@@ -249,7 +258,8 @@ class RateGovernor:
 
     async def _admit(
         self, key: LimitKey, state: _KeyState, tokens: int, holder: str
-    ) -> tuple[AdmissionResult, bool]:
+    ) -> tuple[AdmissionResult, bool, int]:
+        """Also returns the lease limit the admission was granted under."""
         """Wait until admitted; one waiter per key per process talks to the backend (FIFO)."""
         started_s = self._clock()
         state.policy.note_reserved(tokens)
@@ -263,7 +273,8 @@ class RateGovernor:
                             await self._sleep(min(wait_s, self.config.max_poll_s))
                             continue
                         cleared = True
-                    result = await self._backend.acquire(key, self._request(state, tokens, holder))
+                    request = self._request(state, tokens, holder)
+                    result = await self._backend.acquire(key, request)
                     self._absorb(key, state, result)
                     if result.verdict is Verdict.ADMITTED:
                         break
@@ -281,7 +292,7 @@ class RateGovernor:
             logger.info("breaker.probing", extra={"model": key.model})
         self._metrics.inc("limiter.admitted", model=key.model)
         self._metrics.observe("limiter.waited_s", self._clock() - started_s, model=key.model)
-        return result, probe
+        return result, probe, request.lease_limit
 
     def _request(self, state: _KeyState, tokens: int, holder: str) -> AdmissionRequest:
         policy = state.policy
@@ -341,7 +352,7 @@ class RateGovernor:
             await self._charge_unbudgeted(key, state, slot, snapshot)
         await self._learn(key, state, snapshot)
         await self._reconcile(key, state, slot.reserved_tokens, completion.usage.total_tokens)
-        change = state.policy.on_success(completion.latency_s, self._clock())
+        change = state.policy.on_success(completion.latency_s, self._clock(), used=slot.used)
         await self._share(key, state)
         self._report(key, state, change)
         state.breaker.record_success(probe=slot.probe)

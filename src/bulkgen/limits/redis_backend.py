@@ -47,7 +47,7 @@ CONCURRENCY_TTL_MS = 600_000  # a fleet that stopped for this long probes afresh
 #       lease_ttl_ms, burst_ms, lease_poll_ms
 # -> {verdict, wait_ms, reason, learned_rpm, learned_tpm, pause_mark_ms, limit_tpm,
 #     learned_depth_ms, the fleet's probed limit: limit (0 = none), cut_at, slow_start,
-#     engaged, epoch}
+#     engaged, epoch; the leases held once admitted (0 while waiting)}
 ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -62,10 +62,11 @@ local rpm = minknown(tonumber(ARGV[1]), lrpm)
 local tpm = minknown(tonumber(ARGV[2]), ltpm)
 local tokens = tonumber(ARGV[4])
 local fleet = redis.call('HMGET', KEYS[6], 'limit', 'cut_at', 'slow_start', 'engaged', 'epoch')
-local function reply(verdict, wait, reason, mark)
+local function reply(verdict, wait, reason, mark, held)
   return {verdict, string.format('%.3f', wait), reason, tostring(lrpm), tostring(ltpm),
           string.format('%.3f', mark), tostring(tpm), tostring(learned[3] or '0'),
-          fleet[1] or '0', fleet[2] or '0', fleet[3] or '1', fleet[4] or '0', fleet[5] or '0'}
+          fleet[1] or '0', fleet[2] or '0', fleet[3] or '1', fleet[4] or '0', fleet[5] or '0',
+          tostring(held or 0)}
 end
 if tpm > 0 and tokens > tpm then return reply('too_large', 0, '', 0) end
 local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -96,7 +97,7 @@ end
 local ttl = tonumber(ARGV[7])
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[6])
 redis.call('PEXPIRE', KEYS[4], math.ceil(ttl) + 1000)
-return reply('admitted', 0, '', 0)
+return reply('admitted', 0, '', 0, redis.call('ZCARD', KEYS[4]))
 """
 
 # KEYS: concurrency. ARGV: cut (1/0), amount, epoch, holdoff_ms, ceiling, ttl_ms, and the
@@ -191,7 +192,8 @@ def _parse_admission(reply: list[Any], local_limit_tpm: int | None) -> Admission
         pause_mark=float(mark_ms),
         limit_tpm=int(float(tpm)) or local_limit_tpm,
         local=False,
-        fleet_limit=_parse_fleet_limit(reply[8:]),
+        fleet_limit=_parse_fleet_limit(reply[8:13]),
+        inflight=int(_text(reply[13])),
     )
 
 

@@ -19,6 +19,13 @@ beyond one per job, split into truncation retries (the simulator cut an answer a
 
     .venv/bin/python bench/capacity.py --jobs 600 --workers 1
 
+``--change``: instead, the simulator's ``max_inflight`` is changed mid-run through
+``/_sim/config`` (``--phases``, 8 -> 32 -> 8 by default, ``--phase-s`` apart) under W
+workers sharing Redis, and every 0.1 s the fleet's probed limit is read where the
+workers share it (Redis), beside the simulator's requests in flight. Figures per change:
+how long the limit took to follow it (to 7/8 of a larger capacity, or to within 2 of a
+smaller one), the requests and overload answers of that phase.
+
 Writes its result to ``bench/results/capacity.json`` (``--out``).
 """
 
@@ -26,23 +33,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import redis.asyncio as aioredis
 
 from bulkgen.intake import JobInput
+from bulkgen.limits import LimitKey, api_key_id
+from bulkgen.limits.redis_backend import read_fleet_limit
 from bulkgen.service import open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
-from bulkgen.simulator.control import sim_stats
+from bulkgen.simulator.control import sim_configure, sim_stats
 from ratelimit import first_request_epoch_s, steady, with_database
 from record import Run, add_out_argument, postgres_version, redis_version
 
@@ -82,8 +94,15 @@ def job_rows(jobs: int, tag: str) -> list[JobInput]:
 
 
 async def bulkgen_run(
-    base_url: str, database_url: str, redis_url: str, jobs: int, workers: int
+    base_url: str,
+    database_url: str,
+    redis_url: str,
+    jobs: int,
+    workers: int,
+    during: Callable[[asyncio.Task[float]], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
+    """W burst workers on a fresh batch; ``during`` runs beside them, given the task that
+    ends with the epoch of the simulator's first request, and is cancelled when they end."""
     redis = aioredis.Redis.from_url(redis_url)
     await redis.flushdb()  # nothing learned by an earlier run may leak into this one
     await redis.aclose()
@@ -111,9 +130,14 @@ async def bulkgen_run(
             )
             for _ in range(workers)
         ]
+        beside = asyncio.create_task(during(first)) if during else None
         for proc in procs:
             await proc.wait()
         stop.set()
+        if beside is not None:
+            beside.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beside
         started_epoch_s = await first
         row = await svc.store.pool.fetchrow(
             "SELECT count(*) FILTER (WHERE status = 'done') AS done,"
@@ -234,6 +258,171 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Follow:
+    client: str
+    change: str  # "8 -> 32"
+    at_s: float  # since the first request
+    followed_s: float | None  # None: not within the phase
+    requests: int
+    overloaded: int
+    overload_share: float
+    limit_range: str  # the fleet's limit in the phase's second half, min-max
+    inflight_peak: int  # the most requests the simulator saw at once in the phase (sampled)
+
+
+@dataclass(frozen=True)
+class Sample:
+    epoch_s: float
+    limit: int  # the fleet's probed limit, 0 while none is shared
+    inflight: int  # at the simulator
+    requests: int  # cumulative, at the simulator
+    overloaded: int
+
+
+async def sample_forever(base_url: str, redis_url: str, samples: list[Sample]) -> None:
+    """The fleet's limit as the workers share it in Redis, and the simulator's counts."""
+    key = LimitKey(base_url, api_key_id(API_KEY), MODEL)
+    redis = aioredis.Redis.from_url(redis_url)
+    url = base_url.removesuffix("/v1") + "/_sim/stats"
+    try:
+        async with httpx.AsyncClient() as client:
+            while True:
+                stats = (await client.get(url)).json()
+                reading = await read_fleet_limit(redis, key)
+                samples.append(
+                    Sample(
+                        time.time(),
+                        reading.limit if reading else 0,
+                        int(stats["inflight"]),
+                        int(stats["requests"]),
+                        int(stats["overloaded"]),
+                    )
+                )
+                await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+
+
+async def change_capacity(
+    base_url: str, phases: list[int], phase_s: float, first: asyncio.Task[float]
+) -> list[tuple[float, int]]:
+    """Set ``max_inflight`` to each phase's value, ``phase_s`` apart from the first request."""
+    changes = [(await first, phases[0])]
+    for index, capacity in enumerate(phases[1:], start=1):
+        await asyncio.sleep(max(0.0, changes[0][0] + index * phase_s - time.time()))
+        await sim_configure(base_url, {"max_inflight": capacity})
+        changes.append((time.time(), capacity))
+    return changes
+
+
+def follow_rows(
+    client: str, samples: list[Sample], changes: list[tuple[float, int]], end_s: float
+) -> list[Follow]:
+    rows, previous = [], 0
+    for index, (at_s, capacity) in enumerate(changes):
+        until_s = changes[index + 1][0] if index + 1 < len(changes) else end_s
+        phase = [s for s in samples if at_s <= s.epoch_s < until_s]
+        if not phase:
+            continue
+        if capacity > previous:
+            hit = next((s for s in phase if s.limit >= 0.875 * capacity), None)
+        else:
+            hit = next((s for s in phase if 0 < s.limit <= capacity + 2), None)
+        late = [s.limit for s in phase if s.epoch_s >= (at_s + until_s) / 2] or [0]
+        requests = phase[-1].requests - phase[0].requests
+        overloaded = phase[-1].overloaded - phase[0].overloaded
+        rows.append(
+            Follow(
+                client=client,
+                change=f"{previous} -> {capacity}",
+                at_s=round(at_s - changes[0][0], 1),
+                followed_s=None if hit is None else round(hit.epoch_s - at_s, 2),
+                requests=requests,
+                overloaded=overloaded,
+                overload_share=round(overloaded / requests, 4) if requests else 0.0,
+                limit_range=f"{min(late)}-{max(late)}",
+                inflight_peak=max(s.inflight for s in phase),
+            )
+        )
+        previous = capacity
+    return rows
+
+
+def change_jobs(args: argparse.Namespace) -> int:
+    """Enough jobs to keep every phase busy at its capacity, and some."""
+    return int(1.2 * args.phase_s * sum(args.phases) / (args.latency_ms / 1000.0))
+
+
+async def change_one(workers: int, args: argparse.Namespace, database_url: str) -> list[Follow]:
+    samples: list[Sample] = []
+    changes: list[tuple[float, int]] = []
+    config = replace(sim_config(args), max_inflight=args.phases[0])
+    jobs = change_jobs(args)
+
+    async with SimulatorProcess(config) as sim:
+
+        async def during(first: asyncio.Task[float]) -> None:
+            sampler = asyncio.create_task(sample_forever(sim.base_url, args.redis_url, samples))
+            try:
+                done = await change_capacity(sim.base_url, args.phases, args.phase_s, first)
+                changes.extend(done)
+                await asyncio.Event().wait()  # sample until the workers are done
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+
+        got = await bulkgen_run(
+            sim.base_url, database_url, args.redis_url, jobs, workers, during=during
+        )
+    end_s = changes[0][0] + len(args.phases) * args.phase_s if changes else 0.0
+    rows = follow_rows(f"bulkgen x{workers}", samples, changes, end_s)
+    for row in rows:
+        print(json.dumps({"follow": asdict(row)}), file=sys.stderr, flush=True)
+    print(
+        json.dumps({"run": {"workers": workers, "jobs": jobs, **got}}), file=sys.stderr, flush=True
+    )
+    return rows
+
+
+async def change_main(args: argparse.Namespace) -> dict[str, Any]:
+    async def body(database_url: str) -> list[Follow]:
+        rows: list[Follow] = []
+        for workers in args.workers:
+            rows += await change_one(workers, args, database_url)
+        return rows
+
+    rows: list[Follow] = await with_database(args.admin_url, body)
+    print(
+        f"# max_inflight {' -> '.join(map(str, args.phases))}, {args.phase_s:.0f} s apart,"
+        f" latency={args.latency_ms:.0f} ms (one round trip)"
+    )
+    header = (
+        f"{'client':<11} {'change':>9} {'at':>6} {'followed in':>11} {'round trips':>11} "
+        f"{'requests':>8} {'overloaded':>10} {'share':>7} {'limit late':>10} {'peak':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    round_trip_s = args.latency_ms / 1000.0
+    for r in rows:
+        followed = "never" if r.followed_s is None else f"{r.followed_s:.1f} s"
+        trips = "" if r.followed_s is None else f"{r.followed_s / round_trip_s:.1f}"
+        print(
+            f"{r.client:<11} {r.change:>9} {r.at_s:>5.1f}s {followed:>11} {trips:>11} "
+            f"{r.requests:>8} {r.overloaded:>10} {r.overload_share:>7.2%} {r.limit_range:>10} "
+            f"{r.inflight_peak:>5}"
+        )
+    return {
+        "jobs": change_jobs(args),
+        "phases": args.phases,
+        "phase_s": args.phase_s,
+        "latency_ms": args.latency_ms,
+        "overload_status": args.overload_status,
+        "follow": [asdict(r) for r in rows],
+    }
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=600)
@@ -243,14 +432,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--overload-status", type=int, choices=(503, 429), default=503)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10")
+    parser.add_argument("--change", action="store_true", help="change max_inflight mid-run")
+    parser.add_argument("--phases", type=int, nargs="+", default=[8, 32, 8])
+    parser.add_argument("--phase-s", type=float, default=10.0)
     add_out_argument(parser, "capacity")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     args = parse_args()
-    run = Run("capacity", args.out)
-    figures = asyncio.run(main(args))
+    run = Run("capacity_change" if args.change else "capacity", args.out)
+    figures = asyncio.run(change_main(args) if args.change else main(args))
     run.finish(
         {"jobs": args.jobs, "workers": args.workers, **figures},
         postgresql=asyncio.run(postgres_version(args.admin_url)),

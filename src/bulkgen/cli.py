@@ -457,8 +457,15 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
     if record is None:
         raise ConfigError(f"no batch {batch_id}")
     status = await read_batch_status(svc.store, record, svc.prices)
+    model = str(record.options.get("model") or svc.settings.model)
+    concurrency = await svc.fleet_concurrency(model)
     data = status.as_dict()
     if as_json:
+        data["concurrency_limit"] = {
+            "model": model,
+            "limit": concurrency.limit,
+            "note": concurrency.note,
+        }
         print(json.dumps(data))
         return
     table = Table(title=f"batch {batch_id} ({record.account})", show_header=False)
@@ -467,6 +474,8 @@ async def _print_status(svc: Services, batch_id: uuid.UUID, *, as_json: bool) ->
             table.add_row(key.replace("_", " "), _status_cell(key, value))
     for error in status.errors:
         table.add_row(f"error: {error.kind}", f"{error.jobs:,}  e.g. {error.example[:80]}")
+    limit = "unknown" if concurrency.limit is None else str(concurrency.limit)
+    table.add_row(f"concurrency limit ({model})", f"{limit} ({concurrency.note})")
     console.print(table)
 
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
 
@@ -53,6 +53,7 @@ class DemoReport:
     cost_usd: str = "0"  # money as exact decimal strings
     cache_hits: int = 0
     saved_usd: str = "0"
+    concurrency_limits: dict[str, int] = field(default_factory=dict)  # model -> at the end
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -139,7 +140,19 @@ async def run_demo(settings: Settings, *, jobs: int, console: Console, show: boo
         cost_usd=str(usage.cost_usd),
         cache_hits=usage.cache_hits,
         saved_usd=str(usage.saved_usd),
+        concurrency_limits=concurrency_limits(metrics),
     )
+
+
+def concurrency_limits(metrics: Metrics) -> dict[str, int]:
+    """The concurrency the worker admitted to when it stopped, per model (the demo has one
+    provider and one key): derived from the simulator's announced rates, or probed."""
+    readings = metrics.readings().gauges
+    return {
+        dict(labels).get("model", ""): int(value)
+        for (name, labels), value in sorted(readings.items())
+        if name == "limiter.concurrency_limit"
+    }
 
 
 def summary_table(report: DemoReport) -> Table:
@@ -160,6 +173,10 @@ def summary_table(report: DemoReport) -> Table:
         ("cache hits / saved", f"{report.cache_hits:,} / ${Decimal(report.saved_usd):,.4f}"),
         ("peak DB connections", f"{report.peak_db_connections} (pool max {report.db_pool_max})"),
     ]
+    rows += [
+        (f"concurrency limit ({model})", limit)
+        for model, limit in report.concurrency_limits.items()
+    ] or [("concurrency limit", "unknown")]
     for what, value in rows:
         table.add_row(what, str(value))
     return table

@@ -8,6 +8,7 @@ cache and budgets, and simulator vs. real provider.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -15,6 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from bulkgen.budget import BudgetLedger, LedgerBackend, MemoryLedger, RedisLedger
 from bulkgen.cache import SingleFlight, build_cache
@@ -26,7 +29,8 @@ from bulkgen.db.store import Store
 from bulkgen.errors import ConfigError, InputError
 from bulkgen.estimate import BatchEstimate, estimate_batch
 from bulkgen.intake import JobInput
-from bulkgen.limits import RateGovernor, build_governor
+from bulkgen.limits import LimitKey, RateGovernor, api_key_id, build_governor
+from bulkgen.limits.redis_backend import read_fleet_limit
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
 from bulkgen.models import ChatRequest, Completion
@@ -61,6 +65,17 @@ tokens a minute, with answers as slow as a real model's (0.4 s to the first toke
 tokens/s), played ten times faster than real time. A first run therefore looks like a
 real batch in fast-forward (the 200 example keywords in seconds, not the quarter of an
 hour a small account would take); ``bulkgen simulate`` serves any other account."""
+
+
+REDIS_READ_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyView:
+    """A concurrency limit as an operator is shown it: the number, or None, and why."""
+
+    limit: int | None
+    note: str
 
 
 @dataclass
@@ -133,6 +148,28 @@ class Services:
             idempotency=idempotency,
         )
 
+    async def fleet_concurrency(self, model: str) -> ConcurrencyView:
+        """The concurrency limit the workers probed for ``model`` on the configured
+        provider, as they share it in Redis. Unknown when it cannot be seen from here:
+        without Redis each worker keeps its own, and each worker's built-in simulator is a
+        server of its own."""
+        endpoint = provider_endpoint(self.settings)
+        if endpoint is None:
+            return ConcurrencyView(None, "each worker runs its own simulator")
+        if self.redis is None:
+            return ConcurrencyView(None, "without Redis each worker probes its own")
+        key = LimitKey(endpoint[0], api_key_id(endpoint[1]), model)
+        try:
+            async with asyncio.timeout(REDIS_READ_TIMEOUT_S):
+                reading = await read_fleet_limit(self.redis, key)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return ConcurrencyView(None, f"Redis did not answer: {type(exc).__name__}")
+        if reading is None:
+            return ConcurrencyView(None, "not probed: limits announced, or no worker running")
+        return ConcurrencyView(
+            reading.limit, f"probed by the fleet, changed {reading.age_s:.0f} s ago"
+        )
+
     async def _render_first(
         self, template: PromptTemplate, row: JobInput, options: BatchOptions
     ) -> None:
@@ -180,19 +217,28 @@ class NoProvider:
         return None
 
 
-async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Provider:
+def provider_endpoint(settings: Settings) -> tuple[str, str] | None:
+    """The configured provider's base URL and API key; None when each process starts the
+    built-in simulator (a server of its own, on a port of its own)."""
     if settings.uses_simulator:
+        return None
+    base_url = settings.openai_base_url or OPENAI_BASE_URL
+    if settings.openai_api_key is None:
+        return base_url, NO_API_KEY
+    return base_url, settings.openai_api_key.get_secret_value()
+
+
+async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Provider:
+    endpoint = provider_endpoint(settings)
+    if endpoint is None:
         sim = await stack.enter_async_context(SimulatorProcess(BUILTIN_SIMULATOR))
         base_url, api_key = sim.base_url, SIMULATOR_API_KEY
         logger.info("service.simulator", extra={"base_url": base_url})
     else:
-        base_url = settings.openai_base_url or OPENAI_BASE_URL
-        if settings.openai_api_key is None:
+        base_url, api_key = endpoint
+        if api_key == NO_API_KEY:
             # A self-hosted OpenAI-compatible server often needs no key; the SDK needs one.
             logger.warning("service.no_api_key", extra={"base_url": base_url})
-            api_key = NO_API_KEY
-        else:
-            api_key = settings.openai_api_key.get_secret_value()
     provider = OpenAICompatProvider(base_url, api_key, timeout_s=settings.provider_timeout_s)
     stack.push_async_callback(provider.aclose)
     return provider
@@ -238,7 +284,7 @@ async def open_services(
         metrics = metrics or default_metrics
         if provider is None:
             provider = await _provider(settings, stack) if need_provider else NoProvider()
-        governor = await build_governor(settings, redis)
+        governor = await build_governor(settings, redis, metrics=metrics)
         stack.push_async_callback(governor.aclose)
         _, singleflight = build_cache(settings, redis, metrics=metrics)
     except BaseException:

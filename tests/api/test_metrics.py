@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bulkgen.limits import api_key_id
 from bulkgen.service import open_services
 from bulkgen.simulator import SimConfig, running_simulator
 
@@ -109,3 +110,18 @@ async def test_pool_connections_in_use_are_those_lent_out(api: Api) -> None:
     assert labelled(free, "bulkgen_db_pool_connections_in_use") == 0
     assert labelled(free, "bulkgen_db_pool_max_connections") == pool.get_max_size()
     assert 1 <= labelled(free, "bulkgen_db_pool_connections") <= pool.get_max_size()
+
+
+async def test_the_workers_concurrency_limit_is_exported_per_provider_key_and_model(
+    api: Api, database_url: str
+) -> None:
+    await api.submit(["one", "two", "three", "four"])
+    await drain_sharing_metrics(api, database_url, QUICK_SIM)  # announces no limits: probed
+    samples = await scrape(api)
+    model = api.services.settings.model
+    series = samples.get("bulkgen_limiter_concurrency_limit", [])
+    assert [set(labels) for labels, _ in series] == [{"provider", "key", "model"}]
+    limit = labelled(
+        samples, "bulkgen_limiter_concurrency_limit", key=api_key_id("sk-test"), model=model
+    )
+    assert limit >= 2  # slow start: one request until the first answer, then more

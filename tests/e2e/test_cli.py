@@ -49,6 +49,9 @@ def test_demo_json_counts_add_up(database_url: str) -> None:
     assert 1 <= report["peak_db_connections"] <= report["db_pool_max"]
     assert report["provider_requests"] >= report["done"]
     assert report["completion_tokens"] > 0
+    limits = report["concurrency_limits"]  # what the worker admitted to at the end
+    assert list(limits) == ["gpt-4o"]  # the fleet's default model
+    assert min(limits.values()) >= 1
 
 
 def test_submit_worker_status_results(database_url: str, tmp_path: Path) -> None:
@@ -69,6 +72,9 @@ def test_submit_worker_status_results(database_url: str, tmp_path: Path) -> None
     assert status.returncode == 0, status.stderr
     summary = json.loads(status.stdout.strip().splitlines()[-1])
     assert (summary["account"], summary["total"], summary["done"]) == ("acme", 3, 3)
+    # No Redis: the workers' limits were each their own, gone with them.
+    concurrency = summary["concurrency_limit"]
+    assert concurrency["limit"] is None and "without Redis" in concurrency["note"]
     out = tmp_path / "articles"
     exported = _bulkgen("results", batch_id, "--out", str(out), env=env)
     assert exported.returncode == 0, exported.stderr

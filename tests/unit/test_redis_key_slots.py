@@ -60,10 +60,17 @@ def cache_key_for(i: int) -> str:
 
 @pytest.mark.parametrize("i", range(5))
 def test_one_limits_keys_share_a_slot(i: int) -> None:
-    """The admission script touches all five keys of a limit at once."""
+    """The admission script touches all six keys of a limit at once."""
     keys = redis_keys(limit_key(i))
-    names = [keys.requests_tat, keys.tokens_tat, keys.pause_until, keys.leases, keys.learned]
-    assert len(set(names)) == 5
+    names = [
+        keys.requests_tat,
+        keys.tokens_tat,
+        keys.pause_until,
+        keys.leases,
+        keys.learned,
+        keys.concurrency,
+    ]
+    assert len(set(names)) == 6
     assert {tag(name) for name in names} == {limit_key(i).ident()}
     assert len({slot(name) for name in names}) == 1
 

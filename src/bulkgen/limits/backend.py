@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from bulkgen.limits.adaptive import Adjustment, FleetLimit
 from bulkgen.limits.gcra import Gcra
 from bulkgen.limits.keys import LimitKey
 
@@ -50,6 +51,8 @@ class AdmissionResult:
     pause_mark: float = 0.0  # identifies the fleet pause in force (its end), 0.0 if none
     limit_tpm: int | None = None
     local: bool = True  # which backend holds the lease
+    fleet_limit: FleetLimit | None = None  # the probed concurrency the fleet shares, if any
+    inflight: int = 0  # leases held once this one was granted (the fleet's, with Redis)
 
 
 class LimitBackend(Protocol):
@@ -64,6 +67,10 @@ class LimitBackend(Protocol):
     async def publish_learned(
         self, key: LimitKey, rpm: int | None, tpm: int | None, depth_s: float | None
     ) -> None: ...
+
+    async def share_concurrency(self, key: LimitKey, change: Adjustment) -> FleetLimit | None:
+        """Apply a change of the probed limit to the fleet's; None: no fleet to share with."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -135,7 +142,7 @@ class LocalBackend:
         b.requests.charge(now_s, 1, req_interval_s)
         b.tokens.charge(now_s, request.tokens, tok_interval_s)
         b.leases[request.holder] = now_s + request.lease_ttl_s
-        return base
+        return replace(base, inflight=len(b.leases))
 
     async def release(self, key: LimitKey, holder: str, *, local: bool = True) -> None:
         self._budget(key).leases.pop(holder, None)
@@ -162,6 +169,9 @@ class LocalBackend:
         b.learned_rpm = rpm or b.learned_rpm
         b.learned_tpm = tpm or b.learned_tpm
         b.learned_depth_s = depth_s or b.learned_depth_s
+
+    async def share_concurrency(self, key: LimitKey, change: Adjustment) -> FleetLimit | None:
+        return None  # one process: its own limit is the whole truth
 
     async def aclose(self) -> None:
         self._budgets.clear()

@@ -104,8 +104,10 @@ class Slot:
         *,
         probe: bool,
         unbudgeted: bool = False,
+        used: float | None = None,
     ) -> None:
         self.key = key
+        self.used = used  # the share of the lease limit in flight once this one was admitted
         self.reserved_tokens = reserved_tokens
         self.probe = probe
         self.unbudgeted = unbudgeted  # admitted while no token limit was known: not charged
@@ -169,8 +171,15 @@ class RateGovernor:
     async def _slot(self, key: LimitKey, tokens: int) -> AsyncIterator[Slot]:
         state = self._state(key)
         holder = f"{self._instance}:{next(self._counter)}"
-        result, probe = await self._admit(key, state, tokens, holder)
-        slot = Slot(self, key, tokens, probe=probe, unbudgeted=result.limit_tpm is None)
+        result, probe, lease_limit = await self._admit(key, state, tokens, holder)
+        slot = Slot(
+            self,
+            key,
+            tokens,
+            probe=probe,
+            unbudgeted=result.limit_tpm is None,
+            used=result.inflight / lease_limit if result.inflight else None,
+        )
         try:
             yield slot
         except RateLimited as exc:
@@ -178,7 +187,9 @@ class RateGovernor:
             raise
         except ProviderOverloaded as exc:
             self._metrics.inc("limiter.overloaded", model=key.model)
-            self._report(key, state.policy.on_overloaded(self._clock()))
+            change = state.policy.on_overloaded(self._clock())
+            await self._share(key, state)
+            self._report(key, state, change)
             self._breaker_failed(key, state, exc, probe=probe, overload=True)
             raise
         except (ProviderUnavailable, ProviderTimeout, ProviderConnectionError) as exc:
@@ -208,20 +219,47 @@ class RateGovernor:
                 },
             )
 
-    def _report(self, key: LimitKey, change: LimitChange | None) -> None:
-        """A log line and a gauge when the probed concurrency was cut or has grown."""
+    def _report(self, key: LimitKey, state: _KeyState, change: LimitChange | None) -> None:
+        """A log line when the probed concurrency was cut or has grown (the limit after the
+        fleet's, when shared, was adopted)."""
+        self._limit_gauge(key, state)
         if change is None:
             return
-        self._metrics.set("limiter.concurrency_limit", change.limit, model=key.model)
-        extra = {"model": key.model, "limit": change.limit, "reason": change.reason}
+        limit = state.policy.adaptive.value()
+        extra = {"model": key.model, "limit": limit, "reason": change.reason}
         if change.change is Change.CUT:
             logger.warning("limiter.concurrency_cut", extra=extra)
         else:
             logger.info("limiter.concurrency_grown", extra=extra)
 
+    async def _share(self, key: LimitKey, state: _KeyState) -> None:
+        """Send the last change of the probed limit to the fleet, and adopt the fleet's.
+
+        Only while the probed limit is in charge: a provider announcing its rates costs no
+        extra Redis call per answer."""
+        adaptive = state.policy.adaptive
+        change, adaptive.adjustment = adaptive.adjustment, None
+        if change is None or not state.policy.probe_binds():
+            return
+        fleet = await self._backend.share_concurrency(key, change)
+        if fleet is not None:
+            adaptive.adopt(fleet)
+            self._limit_gauge(key, state)
+
+    def _limit_gauge(self, key: LimitKey, state: _KeyState) -> None:
+        """The concurrency this process admits to now, per provider, key and model."""
+        self._metrics.set(
+            "limiter.concurrency_limit",
+            state.policy.concurrency_limit(),
+            provider=key.base_url,
+            key=key.api_key_id,
+            model=key.model,
+        )
+
     async def _admit(
         self, key: LimitKey, state: _KeyState, tokens: int, holder: str
-    ) -> tuple[AdmissionResult, bool]:
+    ) -> tuple[AdmissionResult, bool, int]:
+        """Also returns the lease limit the admission was granted under."""
         """Wait until admitted; one waiter per key per process talks to the backend (FIFO)."""
         started_s = self._clock()
         state.policy.note_reserved(tokens)
@@ -235,7 +273,8 @@ class RateGovernor:
                             await self._sleep(min(wait_s, self.config.max_poll_s))
                             continue
                         cleared = True
-                    result = await self._backend.acquire(key, self._request(state, tokens, holder))
+                    request = self._request(state, tokens, holder)
+                    result = await self._backend.acquire(key, request)
                     self._absorb(key, state, result)
                     if result.verdict is Verdict.ADMITTED:
                         break
@@ -253,7 +292,7 @@ class RateGovernor:
             logger.info("breaker.probing", extra={"model": key.model})
         self._metrics.inc("limiter.admitted", model=key.model)
         self._metrics.observe("limiter.waited_s", self._clock() - started_s, model=key.model)
-        return result, probe
+        return result, probe, request.lease_limit
 
     def _request(self, state: _KeyState, tokens: int, holder: str) -> AdmissionRequest:
         policy = state.policy
@@ -276,6 +315,10 @@ class RateGovernor:
         if result.pause_mark and result.pause_mark != state.last_pause_mark:
             state.last_pause_mark = result.pause_mark
             state.policy.on_rate_limited(self._clock())
+        state.policy.adaptive.adjustment = None  # whoever hit the pause has shared its cut
+        if result.fleet_limit is not None and state.policy.probe_binds():
+            state.policy.adaptive.adopt(result.fleet_limit)
+            self._limit_gauge(key, state)
 
     async def _learn(self, key: LimitKey, state: _KeyState, snapshot: RateLimitSnapshot) -> None:
         if state.policy.learn(snapshot):
@@ -296,6 +339,7 @@ class RateGovernor:
         )
         state.last_pause_mark = await self._backend.pause(key, pause_s)
         state.policy.on_rate_limited(self._clock())
+        await self._share(key, state)
         logger.warning(
             "limiter.rate_limited",
             extra={"model": key.model, "pause_s": pause_s, "factor": state.policy.factor},
@@ -308,7 +352,9 @@ class RateGovernor:
             await self._charge_unbudgeted(key, state, slot, snapshot)
         await self._learn(key, state, snapshot)
         await self._reconcile(key, state, slot.reserved_tokens, completion.usage.total_tokens)
-        self._report(key, state.policy.on_success(completion.latency_s, self._clock()))
+        change = state.policy.on_success(completion.latency_s, self._clock(), used=slot.used)
+        await self._share(key, state)
+        self._report(key, state, change)
         state.breaker.record_success(probe=slot.probe)
         if slot.probe:
             self._breaker_gauge(key, state)

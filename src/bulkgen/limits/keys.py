@@ -44,6 +44,7 @@ class RedisKeys:
     pause_until: str  # fleet-wide pause after a 429, server ms
     leases: str  # ZSET holder id -> lease expiry, server ms
     learned: str  # HASH rpm/tpm learned from headers
+    concurrency: str  # HASH the probed concurrency limit the fleet shares (adaptive.py)
 
 
 def redis_keys(key: LimitKey) -> RedisKeys:
@@ -54,4 +55,5 @@ def redis_keys(key: LimitKey) -> RedisKeys:
         pause_until=base + "pause_until",
         leases=base + "leases",
         learned=base + "learned",
+        concurrency=base + "concurrency",
     )

@@ -113,14 +113,16 @@ class RatePolicy:
         avg = self._tokens_avg
         self._tokens_avg = float(tokens) if avg is None else avg + 0.1 * (tokens - avg)
 
-    def on_success(self, latency_s: float, now_s: float) -> LimitChange | None:
+    def on_success(
+        self, latency_s: float, now_s: float, *, used: float | None = None
+    ) -> LimitChange | None:
         """Additive increase of the rate factor and of the probed concurrency; returns a
         change of the probed limit worth reporting (a cut on high latency, or growth)."""
         self.responses += 1
         if latency_s > 0:
             self._latencies_s.append(latency_s)
         self.factor = min(1.0, self.factor + self.config.increase_step)
-        return self.adaptive.on_success(latency_s, now_s)
+        return self.adaptive.on_success(latency_s, now_s, used=used)
 
     def on_overloaded(self, now_s: float) -> LimitChange | None:
         """The server is full: cut the concurrency, not the rate (it announced none)."""
@@ -153,6 +155,10 @@ class RatePolicy:
         ordered = sorted(self._latencies_s)
         index = min(len(ordered) - 1, int(self.config.latency_quantile * len(ordered)))
         return ordered[index]
+
+    def probe_binds(self) -> bool:
+        """True while the probed limit decides (or caps) the requests in flight."""
+        return self.rate_per_s() is None or self.adaptive.engaged
 
     def concurrency_limit(self) -> int:
         rate = self.rate_per_s()

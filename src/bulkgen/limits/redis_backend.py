@@ -17,11 +17,14 @@ provider's 429s, handled locally, bound the damage).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.typing import EncodableT, FieldT
 
+from bulkgen.limits.adaptive import Adjustment, FleetLimit
 from bulkgen.limits.backend import (
     LEASE_POLL_S,
     AdmissionRequest,
@@ -37,12 +40,14 @@ from bulkgen.redis_guard import BYPASSED, BypassPolicy, RedisGuard
 T = TypeVar("T")
 
 LEARNED_TTL_MS = 3_600_000
+CONCURRENCY_TTL_MS = 600_000  # a fleet that stopped for this long probes afresh
 
-# KEYS: req_tat, tok_tat, pause_until, leases, learned
+# KEYS: req_tat, tok_tat, pause_until, leases, learned, concurrency
 # ARGV: limit_rpm, limit_tpm (0 = unknown), factor, tokens, lease_limit, holder,
 #       lease_ttl_ms, burst_ms, lease_poll_ms
 # -> {verdict, wait_ms, reason, learned_rpm, learned_tpm, pause_mark_ms, limit_tpm,
-#     learned_depth_ms}
+#     learned_depth_ms, the fleet's probed limit: limit (0 = none), cut_at, slow_start,
+#     engaged, epoch; the leases held once admitted (0 while waiting)}
 ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -56,9 +61,12 @@ end
 local rpm = minknown(tonumber(ARGV[1]), lrpm)
 local tpm = minknown(tonumber(ARGV[2]), ltpm)
 local tokens = tonumber(ARGV[4])
-local function reply(verdict, wait, reason, mark)
+local fleet = redis.call('HMGET', KEYS[6], 'limit', 'cut_at', 'slow_start', 'engaged', 'epoch')
+local function reply(verdict, wait, reason, mark, held)
   return {verdict, string.format('%.3f', wait), reason, tostring(lrpm), tostring(ltpm),
-          string.format('%.3f', mark), tostring(tpm), tostring(learned[3] or '0')}
+          string.format('%.3f', mark), tostring(tpm), tostring(learned[3] or '0'),
+          fleet[1] or '0', fleet[2] or '0', fleet[3] or '1', fleet[4] or '0', fleet[5] or '0',
+          tostring(held or 0)}
 end
 if tpm > 0 and tokens > tpm then return reply('too_large', 0, '', 0) end
 local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -89,7 +97,48 @@ end
 local ttl = tonumber(ARGV[7])
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[6])
 redis.call('PEXPIRE', KEYS[4], math.ceil(ttl) + 1000)
-return reply('admitted', 0, '', 0)
+return reply('admitted', 0, '', 0, redis.call('ZCARD', KEYS[4]))
+"""
+
+# KEYS: concurrency. ARGV: cut (1/0), amount, epoch, holdoff_ms, ceiling, ttl_ms, and the
+# caller's state after its change: limit, cut_at (0 = none), slow_start, engaged.
+# -> {limit, cut_at, slow_start, engaged, epoch} (adaptive.Adjustment says the rules)
+CONCURRENCY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local h = redis.call('HMGET', KEYS[1], 'limit', 'cut_at', 'slow_start', 'engaged', 'epoch',
+                     'cut_ms')
+local cut, amount, epoch_seen = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, cut_at, slow = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 1
+local engaged, epoch, cut_ms = tonumber(h[4]) or 0, tonumber(h[5]) or 0, tonumber(h[6]) or 0
+if limit == nil then
+  limit, cut_at, slow = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  if cut then epoch, cut_ms = 1, now end
+elseif cut then
+  if now - cut_ms >= tonumber(ARGV[4]) then
+    cut_at, slow = limit, 0
+    limit = math.max(1, limit * amount)
+    epoch, cut_ms = epoch + 1, now
+  end
+elseif epoch_seen == epoch then
+  limit = math.min(tonumber(ARGV[5]), limit + amount)
+  cut_at, slow = tonumber(ARGV[8]), tonumber(ARGV[9])
+end
+engaged = math.max(engaged, tonumber(ARGV[10]))
+redis.call('HSET', KEYS[1], 'limit', tostring(limit), 'cut_at', tostring(cut_at),
+           'slow_start', slow, 'engaged', engaged, 'epoch', epoch, 'cut_ms', tostring(cut_ms),
+           'updated_ms', tostring(now))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]))
+return {tostring(limit), tostring(cut_at), tostring(slow), tostring(engaged), tostring(epoch)}
+"""
+
+# KEYS: concurrency. -> {limit (0 = none), milliseconds since a process last changed it}
+READ_CONCURRENCY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local h = redis.call('HMGET', KEYS[1], 'limit', 'updated_ms')
+if not h[1] then return {'0', '0'} end
+return {h[1], string.format('%.3f', now - (tonumber(h[2]) or now))}
 """
 
 # KEYS: tok_tat. ARGV: delta_tokens (+ charge, - refund), ms per token.
@@ -124,8 +173,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _parse_fleet_limit(reply: list[Any]) -> FleetLimit | None:
+    limit, cut_at, slow_start, engaged, epoch = (float(_text(v)) for v in reply)
+    if limit <= 0:
+        return None  # no process has shared a probed limit (or it expired)
+    return FleetLimit(limit, cut_at or None, bool(slow_start), bool(engaged), int(epoch))
+
+
 def _parse_admission(reply: list[Any], local_limit_tpm: int | None) -> AdmissionResult:
-    verdict, wait_ms, reason, lrpm, ltpm, mark_ms, tpm, depth_ms = (_text(v) for v in reply)
+    verdict, wait_ms, reason, lrpm, ltpm, mark_ms, tpm, depth_ms = (_text(v) for v in reply[:8])
     return AdmissionResult(
         verdict=Verdict(verdict),
         wait_s=float(wait_ms) / 1000.0,
@@ -136,7 +192,28 @@ def _parse_admission(reply: list[Any], local_limit_tpm: int | None) -> Admission
         pause_mark=float(mark_ms),
         limit_tpm=int(float(tpm)) or local_limit_tpm,
         local=False,
+        fleet_limit=_parse_fleet_limit(reply[8:13]),
+        inflight=int(_text(reply[13])),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReading:
+    """The probed concurrency limit the fleet shares, as an operator sees it."""
+
+    limit: int
+    age_s: float  # since a process last changed it
+
+
+async def read_fleet_limit(redis: RedisClient, key: LimitKey) -> FleetReading | None:
+    """The fleet's probed limit for ``key``; None when no process has shared one lately
+    (nothing probed: limits announced, no worker running, or each on its own Redis-less
+    way). Errors propagate: a reader, not a worker, decides what a failing Redis means."""
+    script = redis.register_script(READ_CONCURRENCY_LUA)
+    limit, age_ms = (float(_text(v)) for v in await script(keys=[redis_keys(key).concurrency]))
+    if limit <= 0:
+        return None
+    return FleetReading(max(1, math.floor(limit)), max(0.0, age_ms / 1000.0))
 
 
 class RedisBackend:
@@ -167,6 +244,7 @@ class RedisBackend:
         self._admit = redis.register_script(ADMIT_LUA)
         self._adjust = redis.register_script(ADJUST_LUA)
         self._pause = redis.register_script(PAUSE_LUA)
+        self._concurrency = redis.register_script(CONCURRENCY_LUA)
 
     async def _guard(
         self, op: str, key: LimitKey, call: Callable[[], Awaitable[T]]
@@ -190,7 +268,7 @@ class RedisBackend:
             repr(request.burst_s * 1000.0),
             repr(LEASE_POLL_S * 1000.0),
         ]
-        keys = [k.requests_tat, k.tokens_tat, k.pause_until, k.leases, k.learned]
+        keys = [k.requests_tat, k.tokens_tat, k.pause_until, k.leases, k.learned, k.concurrency]
 
         async def call() -> Any:
             return await self._admit(keys=keys, args=args)
@@ -256,6 +334,28 @@ class RedisBackend:
                 return await pipe.execute()
 
         await self._guard("publish", key, call)
+
+    async def share_concurrency(self, key: LimitKey, change: Adjustment) -> FleetLimit | None:
+        after = change.after
+        args: list[EncodableT] = [
+            int(change.cut),
+            repr(change.amount),
+            change.epoch,
+            repr(change.holdoff_s * 1000.0),
+            change.ceiling,
+            CONCURRENCY_TTL_MS,
+            repr(after.limit),
+            repr(after.cut_at or 0.0),
+            int(after.slow_start),
+            int(after.engaged),
+        ]
+        concurrency = redis_keys(key).concurrency
+
+        async def call() -> Any:
+            return await self._concurrency(keys=[concurrency], args=args)
+
+        ok, reply = await self._guard("concurrency", key, call)
+        return _parse_fleet_limit(reply) if ok and reply is not None else None
 
     async def aclose(self) -> None:
         await self._fallback.aclose()

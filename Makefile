@@ -52,10 +52,11 @@ bench-soak: $(STAMP)
 bench-queues: $(BENCH_STAMP)
 	$(BIN)/python bench/queues.py
 
-# Half an hour or more at the defaults (a 500,000-job backlog over 5,000 accounts): the
-# fair claim's cost and fairness as the number of waiting accounts grows.
+# Half an hour or more at the defaults (a 500,000-job backlog over 5,000 accounts; plain
+# FIFO's B waits behind 50,000 jobs): the fair claim's cost and fairness at scale.
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/fairness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-soak bench-queues clean
+.PHONY: demo test lint bench bench-soak bench-queues bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench-soak: $(STAMP)
 # own queue overhead against PgQueuer and Procrastinate, from the bench extra.
 bench-queues: $(BENCH_STAMP)
 	$(BIN)/python bench/queues.py
+
+# Half an hour or more at the defaults (a 500,000-job backlog over 5,000 accounts; plain
+# FIFO's B waits behind 50,000 jobs): the fair claim's cost and fairness at scale.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/fairness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@ import pytest
 
 from bulkgen.db.migrate import available_migrations, migrate
 from bulkgen.db.pool import create_pool
+from bulkgen.db.queries import JOBS_CLAIM
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
 from bulkgen.errors import StorageError
 from bulkgen.models import JobStatus
@@ -222,6 +223,40 @@ async def test_small_account_is_served_next_to_a_busy_one(store: Store) -> None:
         served.append(job.account_id)
     small_id = await store.account_ensure("small")
     assert served == [small_id] * 3
+
+
+async def test_claims_take_turns_when_accounts_outnumber_the_claim(store: Store) -> None:
+    """Jobs that finish at once leave every account equally idle: the next claim must
+    serve the accounts after the last one served, not the first ones again."""
+    accounts = [f"acct{i:02}" for i in range(20)]
+    for account in accounts:
+        await _batch(store, account, 3)
+    owner = uuid.uuid4()
+    served: list[int] = []
+    for _ in range(4):
+        claimed = await store.jobs_claim(owner, 5)
+        assert await store.jobs_finish_done(owner, [_done(j.id) for j in claimed])
+        served += [j.account_id for j in claimed]
+    assert len(served) == 20
+    assert sorted(served) == sorted([await store.account_ensure(a) for a in accounts])
+    # A fifth round starts over from the first account.
+    again = await store.jobs_claim(owner, 5)
+    assert {j.account_id for j in again} == set(served[:5])
+
+
+async def test_the_claim_visits_about_its_size_in_accounts(store: Store) -> None:
+    """Its index reads follow the claim, not the number of accounts waiting."""
+    for i in range(300):
+        await _batch(store, f"acct{i:03}", 1)
+    async with store.pool.acquire() as conn:  # one backend: its own counters, flushed
+        await conn.execute("SELECT pg_stat_reset()")
+        claimed = await conn.fetch(JOBS_CLAIM, uuid.uuid4(), 5)
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        read = await conn.fetchval(
+            "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_claim_idx'"
+        )
+    assert len(claimed) == 5
+    assert 0 < read < 100  # visiting every account reads over 300 entries
 
 
 async def test_a_late_outcome_never_lands_on_a_newer_claim(store: Store) -> None:

@@ -79,39 +79,60 @@ UPDATE jobs SET status = 'cancelled', error_kind = $2, finished_at = now()
 WHERE batch_id = (SELECT id FROM b) AND status = 'queued'
 """
 
-# Fair claim. Distinct accounts with queued work are found by a skip scan over the claim
-# index (cost grows with accounts, not with the backlog). Each account offers a fair share
-# of the claim (capped by its free quota), locking its own oldest rows with SKIP LOCKED (so
-# concurrent claimers take different rows instead of racing for the same candidates); a
-# claim may come back short when some accounts have little queued, and the worker then
-# simply claims again. The offers are
-# interleaved round-robin: rank within the account first, then the account with the fewest
-# jobs running, so a small account is served next to a large one at once. The quota is a
-# soft cap: concurrent claims may overshoot it by what they take at the same moment.
+# Fair claim, round-robin over accounts from a cursor (``claim_cursor``, the last account a
+# claim served), so its cost follows the claim's size, not the number of waiting accounts.
+# ``visit`` walks the claim index from the cursor (a skip scan: one index descent per
+# account, wrapping around after the last) until it has found twice the claim's size in
+# usable accounts (a job due now, below their concurrency quota), or has come back to its
+# first account. Of those, the ones with the fewest jobs running are picked (at most $2,
+# cursor order breaking ties), each offering an equal share of the claim within its free
+# quota, FIFO within the account (run_after, id), locked with FOR UPDATE SKIP LOCKED so
+# concurrent claimers take different rows. Offers are interleaved round-robin (rank within
+# the account, then fewest running, then cursor order), and the cursor moves to the last
+# account served (or past every account visited, when none could be). A claim may come
+# back short (accounts with little queued, rows locked by another claimer); the worker then
+# simply claims again. The cursor row is updated only when free (SKIP LOCKED): claims never
+# wait for each other, and a concurrent one moves it instead. The quota is a soft cap:
+# concurrent claims may overshoot it by what they take at the same moment.
 JOBS_CLAIM = """
-WITH RECURSIVE active(account_id) AS (
-    (SELECT account_id FROM jobs WHERE status = 'queued' ORDER BY account_id LIMIT 1)
+WITH RECURSIVE visit(n, account_id, first_id, running, free, usable, found) AS (
+    SELECT 0, (SELECT account_id FROM claim_cursor), NULL::bigint, 0, 0, false, 0
     UNION ALL
-    SELECT (SELECT j.account_id FROM jobs j
-            WHERE j.status = 'queued' AND j.account_id > active.account_id
-            ORDER BY j.account_id LIMIT 1)
-    FROM active WHERE active.account_id IS NOT NULL
+    SELECT v.n + 1, s.account_id, coalesce(v.first_id, s.account_id), u.running, u.free,
+           u.usable, v.found + u.usable::int
+    FROM visit v
+    CROSS JOIN LATERAL (  -- the next account after v's, or the first one (wrapping)
+        SELECT * FROM (
+            (SELECT j.account_id, j.run_after FROM jobs j
+             WHERE j.status = 'queued' AND j.account_id > v.account_id
+             ORDER BY j.account_id, j.run_after LIMIT 1)
+            UNION ALL
+            (SELECT j.account_id, j.run_after FROM jobs j WHERE j.status = 'queued'
+             ORDER BY j.account_id, j.run_after LIMIT 1)
+        ) after_or_first LIMIT 1
+    ) s
+    CROSS JOIN LATERAL (  -- its earliest run_after came with it: due now, and a free slot?
+        SELECT r.running, r.free, r.free > 0 AND s.run_after <= now() AS usable
+        FROM (SELECT x.running,
+                     coalesce((SELECT a.concurrency_quota FROM accounts a
+                               WHERE a.id = s.account_id), 0) - x.running AS free
+              FROM (SELECT count(*)::int AS running FROM jobs g
+                    WHERE g.account_id = s.account_id AND g.status = 'generating') x
+              OFFSET 0) r
+    ) u
+    WHERE v.found < 2 * $2 AND (v.first_id IS NULL OR s.account_id <> v.first_id)
+),
+picked AS (
+    SELECT n, account_id, running, free FROM visit
+    WHERE n > 0 AND usable ORDER BY running, n LIMIT $2
 ),
 offer AS (
-    SELECT a.account_id, r.running,
-           greatest(0, least(
-               -- a fair share of this claim, so locks stay near $2 however many accounts
-               ceil($2::numeric / (SELECT count(account_id) FROM active))::int + 1,
-               acc.concurrency_quota - r.running))::int AS slots
-    FROM active a
-    JOIN accounts acc ON acc.id = a.account_id
-    CROSS JOIN LATERAL (
-        SELECT count(*)::int AS running FROM jobs x
-        WHERE x.account_id = a.account_id AND x.status = 'generating'
-    ) r
+    SELECT n, account_id, running,
+           least(ceil($2::numeric / (SELECT count(*) FROM picked))::int, free) AS slots
+    FROM picked
 ),
 locked AS (
-    SELECT c.id, o.running,
+    SELECT c.id, o.account_id, o.running, o.n,
            row_number() OVER (PARTITION BY o.account_id ORDER BY c.run_after, c.id) AS rank
     FROM offer o
     CROSS JOIN LATERAL (
@@ -123,7 +144,16 @@ locked AS (
     ) c
 ),
 chosen AS (
-    SELECT id FROM locked ORDER BY rank, running, id LIMIT $2
+    SELECT id, account_id, n FROM locked ORDER BY rank, running, n LIMIT $2
+),
+moved AS (
+    UPDATE claim_cursor SET account_id = t.account_id
+    FROM (SELECT coalesce((SELECT account_id FROM chosen ORDER BY n DESC LIMIT 1),
+                          (SELECT account_id FROM visit ORDER BY n DESC LIMIT 1)) AS account_id
+         ) t
+    WHERE only_row = (SELECT only_row FROM claim_cursor FOR UPDATE SKIP LOCKED)
+      AND claim_cursor.account_id IS DISTINCT FROM t.account_id AND t.account_id IS NOT NULL
+    RETURNING 1
 )
 UPDATE jobs j
 SET status = 'generating', lease_owner = $1, claims = j.claims + 1

@@ -40,14 +40,11 @@ from openai.types import Batch as SdkBatch
 
 from bulkgen.errors import InputError, InvalidOutput, ProviderError
 from bulkgen.models import ChatRequest, Completion
-from bulkgen.providers.base import api_key_id
 from bulkgen.providers.openai_compat import (
+    OpenAIClient,
     parse_completion_body,
-    sdk_client,
-    translate_error,
     translate_status,
 )
-from bulkgen.redaction import remember
 
 __all__ = [
     "ENDED",
@@ -289,11 +286,12 @@ def parse_results(
     return results
 
 
-class OpenAIBatchClient:
+class OpenAIBatchClient(OpenAIClient):
     """The Files and Batch APIs of one OpenAI-compatible server and key.
 
     Each method is one logical call (``find`` pages through the list); none retries, and
-    every failure comes out as a :class:`~bulkgen.errors.ProviderError` subclass.
+    every failure comes out as a :class:`~bulkgen.errors.ProviderError` subclass. A handful
+    of calls per batch, so a small connection pool.
     """
 
     def __init__(
@@ -307,25 +305,15 @@ class OpenAIBatchClient:
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.base_url = base_url
-        self.api_key_id = api_key_id(api_key)
-        self._secrets = (api_key,)
-        remember(api_key)
-        self._clock = clock
-        self._client = sdk_client(
+        super().__init__(
             base_url,
             api_key,
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
             max_connections=max_connections,
             http_client=http_client,
+            clock=clock,
         )
-
-    def __repr__(self) -> str:
-        return f"OpenAIBatchClient(base_url={self.base_url!r}, api_key_id={self.api_key_id!r})"
-
-    def _translated(self, exc: openai.OpenAIError) -> ProviderError:
-        return translate_error(exc, now_s=self._clock(), secrets=self._secrets)
 
     async def upload(self, file: InputFile, *, filename: str = "bulkgen.jsonl") -> str:
         """Upload one input file; its id."""
@@ -441,6 +429,3 @@ class OpenAIBatchClient:
             if file_id is not None
         ]
         return parse_results(*files, model=model, now_s=self._clock(), secrets=self._secrets)
-
-    async def aclose(self) -> None:
-        await self._client.close()

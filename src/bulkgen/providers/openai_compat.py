@@ -299,13 +299,13 @@ def sdk_client(
     )
 
 
-class OpenAICompatProvider:
-    """A :class:`~bulkgen.providers.base.Provider` for OpenAI and OpenAI-compatible servers.
+class OpenAIClient:
+    """What every client of one OpenAI-compatible server and key holds: the official SDK
+    client (its retries off), the key's id (logs and limits name it, never the key), the
+    key itself only to redact it, and how SDK errors become the project's typed errors.
 
-    One instance owns one connection pool (``max_connections``) shared by every coroutine
-    of the process; ``http_client`` is injectable for tests (e.g. over
-    ``httpx.MockTransport``). ``clock`` (epoch seconds) only serves HTTP-date
-    ``retry-after`` values.
+    ``http_client`` is injectable for tests (e.g. over ``httpx.MockTransport``); ``clock``
+    (epoch seconds) only serves HTTP-date ``retry-after`` values.
     """
 
     def __init__(
@@ -334,7 +334,22 @@ class OpenAICompatProvider:
         )
 
     def __repr__(self) -> str:
-        return f"OpenAICompatProvider(base_url={self.base_url!r}, api_key_id={self.api_key_id!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key_id={self.api_key_id!r})"
+
+    def _translated(self, exc: openai.OpenAIError) -> ProviderError:
+        return translate_error(exc, now_s=self._clock(), secrets=self._secrets)
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool; the client is unusable afterwards."""
+        await self._client.close()
+
+
+class OpenAICompatProvider(OpenAIClient):
+    """A :class:`~bulkgen.providers.base.Provider` for OpenAI and OpenAI-compatible servers.
+
+    One instance owns one connection pool (``max_connections``) shared by every coroutine
+    of the process.
+    """
 
     async def complete(self, request: ChatRequest) -> Completion:
         """One call, no retry; errors come out as :mod:`bulkgen.errors` types only."""
@@ -351,7 +366,7 @@ class OpenAICompatProvider:
             )
             body = raw.content
         except openai.OpenAIError as exc:
-            raise translate_error(exc, now_s=self._clock(), secrets=self._secrets) from exc
+            raise self._translated(exc) from exc
         latency_s = time.monotonic() - started_s
         headers = _lower_headers(raw.headers.items())
         if not 200 <= raw.status_code < 300:
@@ -372,7 +387,3 @@ class OpenAICompatProvider:
             headers=headers,
             latency_s=latency_s,
         )
-
-    async def aclose(self) -> None:
-        """Close the HTTP pool; the provider is unusable afterwards."""
-        await self._client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -126,10 +126,28 @@ async def test_an_idle_writer_writes_each_outcome_at_once(store: Store) -> None:
     """No timer stands between an outcome and its write: awaited one after another, each
     outcome is written by a statement of its own, and each await returns (a writer that
     waited for a timer or for company would hang here until the liveness guard)."""
+    await _each_written_alone(store, StatusWriter, 20)
+
+
+async def test_with_nothing_else_running_an_outcome_is_written_at_once(store: Store) -> None:
+    """The wait for company never applies when there is no company to come: with a quiet
+    interval of an hour, each outcome of a worker running one job at a time is still written
+    (a writer that waited would hang here until the liveness guard)."""
+    patient = FlushPolicy(quiet_s=3600.0, max_wait_s=3600.0)
+
+    def writer(store: Store, owner: uuid.UUID, *, metrics: Metrics) -> StatusWriter:
+        return StatusWriter(store, owner, policy=patient, running=lambda: 0, metrics=metrics)
+
+    await _each_written_alone(store, writer, 5)
+
+
+async def _each_written_alone(store: Store, make: Callable[..., StatusWriter], jobs: int) -> None:
+    """``jobs`` outcomes written one after another by ``make(store, owner, metrics=...)``:
+    each await returns, each by a statement of its own."""
     owner = uuid.uuid4()
-    ids = await _claimed(store, owner, 20)
+    ids = await _claimed(store, owner, jobs)
     metrics = Metrics()
-    writer = StatusWriter(store, owner, metrics=metrics)
+    writer = make(store, owner, metrics=metrics)
     writer.start()
     try:
         async with asyncio.timeout(60):  # liveness guard only
@@ -138,7 +156,8 @@ async def test_an_idle_writer_writes_each_outcome_at_once(store: Store) -> None:
                 assert metrics.total("db.status_statements") == i + 1
     finally:
         await writer.close()
-    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 20
+    done = await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'")
+    assert done == jobs
 
 
 async def _until_a_statement_waits_on_a_lock(store: Store) -> None:
@@ -268,23 +287,3 @@ async def test_outcomes_wait_for_the_jobs_still_running_then_go_in_one_statement
     assert results == [True] * len(ids)
     assert await store.pool.fetchval("SELECT count(*) FROM test_job_statements") == 1
     assert metrics.total("db.status_statements") == 1
-
-
-async def test_with_nothing_else_running_an_outcome_is_written_at_once(store: Store) -> None:
-    """The wait for company never applies when there is no company to come: with a quiet
-    interval of an hour, each outcome of a worker running one job at a time is still written
-    (a writer that waited would hang here until the liveness guard)."""
-    owner = uuid.uuid4()
-    ids = await _claimed(store, owner, 5)
-    metrics = Metrics()
-    patient = FlushPolicy(quiet_s=3600.0, max_wait_s=3600.0)
-    writer = StatusWriter(store, owner, policy=patient, running=lambda: 0, metrics=metrics)
-    writer.start()
-    try:
-        async with asyncio.timeout(60):  # liveness guard only
-            for i, job_id in enumerate(ids):
-                assert await writer.write(_done(job_id, f"# T{i}\n\nwords"))
-                assert metrics.total("db.status_statements") == i + 1
-    finally:
-        await writer.close()
-    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'done'") == 5

@@ -35,13 +35,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,16 +49,13 @@ import redis.asyncio as aioredis
 from bulkgen.intake import JobInput
 from bulkgen.limits import LimitKey, api_key_id
 from bulkgen.limits.redis_backend import read_fleet_limit
-from bulkgen.service import open_services
-from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
 from bulkgen.simulator.control import sim_configure, sim_stats
-from ratelimit import first_request_epoch_s, steady, with_database
+from ratelimit import fleet_run, steady, with_database
 from record import Run, add_out_argument, postgres_version, redis_version
 
 API_KEY = "sk-bench"
 MODEL = "gpt-4o"
-BULKGEN = str(Path(sys.executable).with_name("bulkgen"))
 
 
 @dataclass(frozen=True)
@@ -103,57 +98,23 @@ async def bulkgen_run(
 ) -> dict[str, Any]:
     """W burst workers on a fresh batch; ``during`` runs beside them, given the task that
     ends with the epoch of the simulator's first request, and is cancelled when they end."""
-    redis = aioredis.Redis.from_url(redis_url)
-    await redis.flushdb()  # nothing learned by an earlier run may leak into this one
-    await redis.aclose()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "OPENAI_BASE_URL": base_url,
-        "OPENAI_API_KEY": API_KEY,
-    }
-    settings = Settings(
-        database_url=database_url, redis_url=redis_url, openai_base_url=base_url,
-        openai_api_key=API_KEY,
-    )  # fmt: skip
-    svc = await open_services(settings)
-    try:
-        rows = job_rows(jobs, f"capacity {uuid.uuid4().hex[:6]}")
-        batch_id = await svc.submit(rows, svc.batch_options(model=MODEL), account="bench")
-        stop = asyncio.Event()
-        first = asyncio.create_task(first_request_epoch_s(base_url, stop))
-        quiet = asyncio.subprocess.DEVNULL
-        procs = [
-            await asyncio.create_subprocess_exec(
-                BULKGEN, "worker", "--burst", env=env, stdout=quiet, stderr=quiet
-            )
-            for _ in range(workers)
-        ]
-        beside = asyncio.create_task(during(first)) if during else None
-        for proc in procs:
-            await proc.wait()
-        stop.set()
-        if beside is not None:
-            beside.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beside
-        started_epoch_s = await first
-        row = await svc.store.pool.fetchrow(
+    rows = job_rows(jobs, f"capacity {uuid.uuid4().hex[:6]}")
+    async with fleet_run(
+        base_url, database_url, redis_url, rows, workers, model=MODEL, during=during
+    ) as run:
+        row = await run.svc.store.pool.fetchrow(
             "SELECT count(*) FILTER (WHERE status = 'done') AS done,"
             " coalesce(sum(attempts), 0) AS attempts,"
             " count(*) FILTER (WHERE max_tokens_grown) AS grown,"
             " extract(epoch FROM max(finished_at)) AS last"
             " FROM jobs WHERE batch_id = $1",
-            batch_id,
+            run.batch_id,
         )
-    finally:
-        await svc.aclose()
     return {
         "done": int(row["done"]),
         "attempts": int(row["attempts"]),
         "grown": int(row["grown"]),
-        "makespan_s": float(row["last"]) - started_epoch_s,
+        "makespan_s": float(row["last"]) - run.started_epoch_s,
     }
 
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from bulkgen.intake import JobInput
 from bulkgen.options import validate_options
 from bulkgen.pipeline import CHARS_PER_TOKEN
 from bulkgen.prompts import PromptTemplate
-from bulkgen.service import open_services
+from bulkgen.service import Services, open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, SimulatorProcess
 from bulkgen.simulator.control import sim_stats
@@ -269,12 +271,31 @@ async def seed_loop(base_url: str, rows: list[JobInput], concurrency: int) -> Ou
     return Outcome(done[0], makespan_s, truncated[0])
 
 
-async def bulkgen_run(
-    base_url: str, database_url: str, redis_url: str, rows: list[JobInput], workers: int
-) -> Outcome:
-    """Submit the batch, start ``workers`` worker processes, wait until they all exit.
-    A job whose answer was cut at max_tokens is retried once with more room and says so
-    (``max_tokens_grown``); a second cut fails it as ``truncated``."""
+@dataclass
+class FleetRun:
+    """A batch that ``workers`` worker processes ran to the end: its services (open for the
+    caller's own queries), its id, and the epoch of the simulator's first request."""
+
+    svc: Services
+    batch_id: uuid.UUID
+    started_epoch_s: float
+
+
+@contextlib.asynccontextmanager
+async def fleet_run(
+    base_url: str,
+    database_url: str,
+    redis_url: str,
+    rows: list[JobInput],
+    workers: int,
+    *,
+    model: str,
+    during: Callable[[asyncio.Task[float]], Awaitable[None]] | None = None,
+) -> AsyncIterator[FleetRun]:
+    """Flush the benchmark's Redis database, submit ``rows``, start ``workers`` burst
+    worker processes and wait until they all exit. ``during`` runs beside them, given the
+    task that ends with the epoch of the simulator's first request, and is cancelled when
+    they end."""
     redis = aioredis.Redis.from_url(redis_url)
     await redis.flushdb()  # learned limits and cached results of earlier runs must not leak
     await redis.aclose()
@@ -291,7 +312,7 @@ async def bulkgen_run(
     )  # fmt: skip
     svc = await open_services(settings)
     try:
-        batch_id = await svc.submit(rows, svc.batch_options(model=MODEL), account="bench")
+        batch_id = await svc.submit(rows, svc.batch_options(model=model), account="bench")
         stop = asyncio.Event()
         first = asyncio.create_task(first_request_epoch_s(base_url, stop))
         quiet = asyncio.subprocess.DEVNULL
@@ -301,21 +322,35 @@ async def bulkgen_run(
             )
             for _ in range(workers)
         ]
+        beside = asyncio.create_task(during(first)) if during else None
         for proc in procs:
             await proc.wait()
         stop.set()
-        started_epoch_s = await first
-        counts = {c.status: c.jobs for c in await svc.store.batch_counts(batch_id)}
-        last, truncated = await svc.store.pool.fetchrow(
+        if beside is not None:
+            beside.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beside
+        yield FleetRun(svc, batch_id, await first)
+    finally:
+        await svc.aclose()
+
+
+async def bulkgen_run(
+    base_url: str, database_url: str, redis_url: str, rows: list[JobInput], workers: int
+) -> Outcome:
+    """Submit the batch, start ``workers`` worker processes, wait until they all exit.
+    A job whose answer was cut at max_tokens is retried once with more room and says so
+    (``max_tokens_grown``); a second cut fails it as ``truncated``."""
+    async with fleet_run(base_url, database_url, redis_url, rows, workers, model=MODEL) as run:
+        counts = {c.status: c.jobs for c in await run.svc.store.batch_counts(run.batch_id)}
+        last, truncated = await run.svc.store.pool.fetchrow(
             "SELECT extract(epoch FROM max(finished_at)),"
             " count(*) FILTER (WHERE max_tokens_grown)"
             " + count(*) FILTER (WHERE error_kind = 'truncated' AND status = 'failed')"
             " FROM jobs WHERE batch_id = $1",
-            batch_id,
+            run.batch_id,
         )
-    finally:
-        await svc.aclose()
-    return Outcome(counts.get("done", 0), float(last) - started_epoch_s, int(truncated))
+    return Outcome(counts.get("done", 0), float(last) - run.started_epoch_s, int(truncated))
 
 
 # ----------------------------------------------------------------- orchestration

@@ -13,6 +13,8 @@ The store groups a batch's jobs by (status, cached, model) and hands the lines t
 - A line's ``tier`` says how its jobs were sent: ``online`` (one call each) or ``batch``
   (through the provider's Batch API, billed at the table's batch prices). A cached line
   is priced at its own tier too: what the cache saved is what the call would have cost.
+  ``economy_saved_usd`` is what the paid ``batch`` lines would have cost online, less
+  what they cost.
 - Tokens of attempts that were retried are not kept per job (only the last attempt's are),
   so ``cost_usd`` is what the rows can prove; the budget ledger counts every answer.
 
@@ -74,6 +76,8 @@ class BatchUsage:
     unpriced_models: tuple[str, ...]
     lines: tuple[UsageLine, ...]
     cache_read_tokens: int = 0  # of prompt_tokens: billed at the cached-input price
+    # What the jobs answered through a Batch API would have cost online, less what they did.
+    economy_saved_usd: Decimal = Decimal(0)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready; money as strings so no float rounds a cent away."""
@@ -88,6 +92,7 @@ class BatchUsage:
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "cached_completion_tokens": self.cached_completion_tokens,
             "saved_usd": str(self.saved_usd),
+            "economy_saved_usd": str(self.economy_saved_usd),
             "unpriced_models": list(self.unpriced_models),
         }
 
@@ -105,6 +110,9 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
             Decimal(0),
         )
 
+    def online_cost(line: UsageLine) -> Decimal:
+        return table.cost_usd(line.model, line.usage)
+
     return BatchUsage(
         paid_jobs=sum(ln.jobs for ln in paid),
         prompt_tokens=sum(ln.prompt_tokens for ln in paid),
@@ -118,4 +126,8 @@ def summarize(lines: Iterable[UsageLine], prices: PriceTable | None = None) -> B
         unpriced_models=tuple(sorted({ln.model for ln in kept if not table.price(ln.model).known})),
         lines=kept,
         cache_read_tokens=sum(ln.cache_read_tokens for ln in paid),
+        economy_saved_usd=sum(
+            (online_cost(ln) for ln in paid if ln.tier == PriceTier.BATCH), Decimal(0)
+        )
+        - cost(ln for ln in paid if ln.tier == PriceTier.BATCH),
     )

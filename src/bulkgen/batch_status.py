@@ -21,6 +21,7 @@ __all__ = [
     "ErrorKindCount",
     "counts_by_status",
     "is_finished",
+    "pending",
     "read_batch_status",
     "share_429",
 ]
@@ -63,6 +64,8 @@ class BatchStatus:
             "batch_id": str(record.id),
             "account": record.account,
             "total": record.total,
+            "mode": record.mode,
+            "deadline_at": None if record.deadline_at is None else record.deadline_at.isoformat(),
             **self.counts,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -90,9 +93,14 @@ def counts_by_status(jobs_by_status: Mapping[str, int]) -> dict[str, int]:
     return by_status
 
 
+def pending(counts: Mapping[str, int]) -> int:
+    """Jobs not finished yet: queued, running, or with a provider batch (economy mode)."""
+    return counts["queued"] + counts["generating"] + counts["batched"]
+
+
 def is_finished(counts: Mapping[str, int]) -> bool:
     """No job left queued or running (``counts`` as :func:`counts_by_status` gives them)."""
-    return counts["queued"] + counts["generating"] == 0
+    return pending(counts) == 0
 
 
 async def read_batch_status(

@@ -26,9 +26,10 @@ from bulkgen.db.migrate import migrate
 from bulkgen.db.store import prune_batches
 from bulkgen.demo import run_demo, summary_table
 from bulkgen.errors import BulkgenError, ConfigError, InputError
-from bulkgen.estimate import BatchEstimate
+from bulkgen.estimate import BatchEstimate, Cost
 from bulkgen.export import write_results
 from bulkgen.intake import MAX_BATCH_ROWS, load_file
+from bulkgen.models import BatchMode
 from bulkgen.options import (
     BatchOptions,
     check_budget_usd,
@@ -236,6 +237,29 @@ def submit(
     temperature: Annotated[str | None, _option_flag("temperature", metavar="NUMBER|none")] = None,
     template: Annotated[Path | None, typer.Option(help="A Jinja2 prompt template.")] = None,
     budget_usd: Annotated[str | None, typer.Option(help="Spending cap for the batch.")] = None,
+    mode: Annotated[
+        BatchMode,
+        typer.Option(
+            case_sensitive=False,
+            help="online: one call per job, as fast as the rate limits allow. economy: "
+            "through the provider's Batch API, at half the price, within its 24-hour window.",
+        ),
+    ] = BatchMode.ONLINE,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="Economy mode: how long the batch may take, e.g. 24h, 90m, 2d "
+            "[default: BULKGEN_ECONOMY_DEADLINE_H, 24h].",
+        ),
+    ] = None,
+    fallback_online: Annotated[
+        bool,
+        typer.Option(
+            "--fallback-online",
+            help="Economy mode: at the deadline, run what is still missing online.",
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = False,
     dry_run: Annotated[
         bool,
@@ -255,7 +279,8 @@ def submit(
     A column named like an option (model, tone, language, target_words, max_tokens,
     temperature) overrides that option for its row. With --dry-run, nothing is enqueued
     and no database is opened: the file is checked as a real submit checks it, and the
-    batch's estimated tokens and cost are printed instead.
+    batch's estimated tokens and cost are printed instead. With --mode economy the batch
+    goes through the provider's Batch API: half the price, answers within a day.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", account):
         err.print("[bold red]error:[/] --account takes 1-64 letters, digits, '.', '_' or '-'")
@@ -275,6 +300,10 @@ def submit(
         err.print("[bold red]error:[/] --wait cannot go with --dry-run: nothing is enqueued")
         raise typer.Exit(2)
     budget = _budget(budget_usd)
+    if mode != BatchMode.ECONOMY and (deadline is not None or fallback_online):
+        err.print("[bold red]error:[/] --deadline and --fallback-online go with --mode economy")
+        raise typer.Exit(2)
+    deadline_h = _hours(deadline)
     settings = _settings(data_dir)
 
     async def body() -> None:
@@ -284,10 +313,18 @@ def submit(
         rows = load_file(file)
         if dry_run:
             estimate = await service_dry_run(settings, rows, options, budget_usd=budget)
-            _print_estimate(estimate, file, budget, settings, as_json=as_json)
+            _print_estimate(estimate, file, budget, settings, mode=mode, as_json=as_json)
             return
         async with services(settings, need_provider=False) as svc:
-            batch_id = await svc.submit(rows, options, account=account, budget_usd=budget)
+            batch_id = await svc.submit(
+                rows,
+                options,
+                account=account,
+                budget_usd=budget,
+                mode=mode,
+                deadline_h=deadline_h,
+                fallback_online=fallback_online,
+            )
             print(batch_id, flush=True)
             if wait:
                 async with batch_progress(svc.store, batch_id, len(rows), console):
@@ -303,6 +340,7 @@ def _print_estimate(
     budget: Decimal | None,
     settings: Settings,
     *,
+    mode: BatchMode,
     as_json: bool,
 ) -> None:
     """The dry run's answer, worded for someone who has never run a batch."""
@@ -311,6 +349,7 @@ def _print_estimate(
         "dry_run": True,
         "enqueued": False,
         "file": str(file),
+        "mode": str(mode),
         **estimate.as_dict(),
         "budget_usd": None if budget is None else str(budget),
         "prices_as_of": PRICES_AS_OF,
@@ -319,12 +358,17 @@ def _print_estimate(
     if as_json:
         print(json.dumps(data))
         return
-    for line in _estimate_lines(estimate, file, budget, overridden=overridden):
+    for line in _estimate_lines(estimate, file, budget, mode=mode, overridden=overridden):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _estimate_lines(
-    estimate: BatchEstimate, file: Path, budget: Decimal | None, *, overridden: bool
+    estimate: BatchEstimate,
+    file: Path,
+    budget: Decimal | None,
+    *,
+    mode: BatchMode,
+    overridden: bool,
 ) -> list[str]:
     jobs = estimate.jobs
     models = ", ".join(f"{m.model}: {m.jobs:,}" for m in estimate.by_model)
@@ -343,26 +387,27 @@ def _estimate_lines(
         f"  (if every article is about target_words long, 4 tokens per 3 words:"
         f" {estimate.expected_answer_tokens // jobs:,} per job)",
         "",
-        "  estimated cost (USD)          expected     worst case",
-        f"  online (how bulkgen runs it)  {_usd(online.expected):<12} {_usd(online.worst_case)}",
-        f"  at Batch API prices           {_usd(batch.expected):<12} {_usd(batch.worst_case)}",
+        f"  {'estimated cost (USD)':<34}{'expected':<13}worst case",
+        _cost_row("online", mode == BatchMode.ONLINE, online),
+        _cost_row("economy (Batch API)", mode == BatchMode.ECONOMY, batch),
         "",
         "Notes:",
         "- Tokens are estimated without a tokenizer (about 4 characters per token); the "
         "provider bills its own count.",
         f"- Prices: {prices} list prices of {PRICES_AS_OF}.",
-        "- Batch API prices (half of online) are what economy mode will cost; it is not "
-        "available yet, so this batch would run online.",
+        "- Economy mode (--mode economy) sends the batch through the provider's Batch API: "
+        "half the price, answers within 24 hours.",
     ]
+    chosen = batch if mode == BatchMode.ECONOMY else online
     if estimate.unpriced_models:
         lines.append(
             f"- No price is known for {', '.join(estimate.unpriced_models)}: those jobs count "
             "as $0 above. Set their prices in BULKGEN_PRICES_JSON."
         )
     if budget is not None:
-        if online.worst_case <= budget:
+        if chosen.worst_case <= budget:
             verdict = "even the worst case fits within it"
-        elif online.expected <= budget:
+        elif chosen.expected <= budget:
             verdict = "the expected cost fits within it, the worst case does not"
         else:
             verdict = "the expected cost is above it"
@@ -371,6 +416,27 @@ def _estimate_lines(
             "budget end cancelled (budget_exceeded)."
         )
     return lines
+
+
+def _cost_row(label: str, this_batch: bool, cost: Cost) -> str:
+    """One row of the dry run's cost table; the mode the batch would run in is marked."""
+    name = f"{label} (this batch)" if this_batch else label
+    return f"  {name:<34}{_usd(cost.expected):<13}{_usd(cost.worst_case)}"
+
+
+def _hours(duration: str | None) -> float | None:
+    """``24h``, ``90m``, ``2d`` or a number of hours -> hours; a clear error otherwise."""
+    if duration is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", duration.lower())
+    if match is None or float(match[1]) <= 0:
+        err.print(
+            f"[bold red]error:[/] --deadline takes a duration such as 24h, 90m or 2d, "
+            f"not {duration!r}"
+        )
+        raise typer.Exit(2)
+    per_unit = {"m": 1 / 60, "h": 1.0, "": 1.0, "d": 24.0}
+    return float(match[1]) * per_unit[match[2]]
 
 
 def _usd(amount: Decimal) -> str:
@@ -490,6 +556,8 @@ def _status_cell(key: str, value: object) -> str:
         return f"${Decimal(value):,.6f}"
     if isinstance(value, list):
         return ", ".join(map(str, value))
+    if isinstance(value, str):
+        return value
     return ""
 
 

@@ -14,13 +14,25 @@ class JobStatus(enum.StrEnum):
     to ``queued`` with a later ``run_after``. A job is ``generating`` exactly while a worker
     holds it (its ``lease_owner`` is set): formatting and validation happen inside that
     step, so ``done`` is written once, with its result.
+
+    A job of an economy batch is ``batched`` instead of ``queued`` and ``generating``: it
+    waits for a provider batch, then is held by one (its ``lease_owner`` is the provider
+    batch's id) until that batch's answers are written (see :mod:`bulkgen.economy`).
     """
 
     QUEUED = "queued"
     GENERATING = "generating"
+    BATCHED = "batched"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class BatchMode(enum.StrEnum):
+    """How a batch's jobs are sent: one call each, or through the provider's Batch API."""
+
+    ONLINE = "online"
+    ECONOMY = "economy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,7 +165,7 @@ class Pipeline:
                 key, lambda: self._paid(job.batch_id, request, receipt)
             )
             # Our own call's answer was validated (and parsed) in _paid; any other again.
-            parsed = receipt.parsed if source == "provider" else self._still_valid(result)
+            parsed = receipt.parsed if source == "provider" else self.still_valid(result)
             if parsed is None:
                 self.metrics.inc("cache.rejected")
                 result, source = await self._paid(job.batch_id, request, receipt), "provider"
@@ -184,7 +184,7 @@ class Pipeline:
             logger.warning("job.renderer_unavailable", extra={"job_id": job.id, "error": str(exc)})
             return RetryRow(job.id, RENDERER_RETRY_S, 0, 0, False, "renderer", str(exc))
         except BulkgenError as exc:
-            return _billed(self._on_error(job, exc), receipt)
+            return _billed(self.on_error(job, exc), receipt)
         cached = source != "provider"
         self.metrics.inc("jobs.done", cached=cached)
         self.metrics.observe("job.seconds", time.monotonic() - started)
@@ -241,7 +241,7 @@ class Pipeline:
         receipt.parsed = validate_completion(completion, min_words=self.config.min_words)
         return CachedResult.from_completion(completion)  # the provider fills in the model
 
-    def _still_valid(self, result: CachedResult) -> ParsedMarkdown | None:
+    def still_valid(self, result: CachedResult) -> ParsedMarkdown | None:
         """A cached or shared answer passes the same validation as a fresh one: an entry
         written under other rules (a lower ``min_words``, an older version) is regenerated
         for this job rather than becoming ``done``, and never loops through retries.
@@ -271,7 +271,7 @@ class Pipeline:
             job.id, JobStatus.CANCELLED, 0, "budget_exceeded", f"BudgetExceeded: {exc}"
         )
 
-    def _on_error(self, job: ClaimedJob, exc: BulkgenError) -> Outcome:
+    def on_error(self, job: ClaimedJob, exc: BulkgenError) -> Outcome:
         attempts = job.attempts + 1
         decision = self.retry.decide(
             exc,

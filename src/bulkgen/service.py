@@ -25,7 +25,9 @@ from bulkgen.db.embedded import start_embedded
 from bulkgen.db.idempotency import IdempotencyKey
 from bulkgen.db.migrate import migrate
 from bulkgen.db.pool import create_pool
+from bulkgen.db.provider_batches import ProviderBatchStore
 from bulkgen.db.store import Store
+from bulkgen.economy import Economy, EconomyConfig
 from bulkgen.errors import ConfigError, InputError
 from bulkgen.estimate import BatchEstimate, estimate_batch
 from bulkgen.intake import JobInput
@@ -33,12 +35,13 @@ from bulkgen.limits import LimitKey, RateGovernor, api_key_id, build_governor
 from bulkgen.limits.redis_backend import read_fleet_limit
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
-from bulkgen.models import ChatRequest, Completion
+from bulkgen.models import BatchMode, ChatRequest, Completion
 from bulkgen.options import BatchOptions, check_budget_usd, validate_options
 from bulkgen.pipeline import Pipeline, PipelineConfig
 from bulkgen.pricing import PriceTable, default_price_table, load_price_table
 from bulkgen.prompts import PromptTemplate
 from bulkgen.providers import OpenAICompatProvider, Provider
+from bulkgen.providers.openai_batch import BatchLimits, OpenAIBatchClient
 from bulkgen.redis_client import RedisClient, discover, open_redis
 from bulkgen.renderer import RenderLimits, TemplateRenderer
 from bulkgen.retry import RetryPolicy
@@ -92,6 +95,9 @@ class Services:
     _closers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     budget: BudgetLedger | None = None  # one per process: every pipeline shares its ledger
     prices: PriceTable = field(default_factory=default_price_table)
+    # The provider's Batch API, for economy batches; None: this process sends none (a
+    # provider given in code, or a command that calls no provider).
+    batch_client: OpenAIBatchClient | None = None
 
     def pipeline(self) -> Pipeline:
         return Pipeline(
@@ -107,7 +113,21 @@ class Services:
 
     def worker(self, *, concurrency: int | None = None, burst: bool = False) -> Worker:
         config = worker_config(self.settings, concurrency=concurrency, burst=burst)
-        return Worker(self.store, self.pipeline(), config, metrics=self.metrics)
+        worker = Worker(self.store, self.pipeline(), config, metrics=self.metrics)
+        if self.batch_client is not None:
+            worker.economy = Economy(
+                worker_id=worker.id,
+                store=self.store,
+                provider_batches=ProviderBatchStore(self.store.pool),
+                client=self.batch_client,
+                pipeline=worker.pipeline,
+                plan=worker.plan,
+                prices=self.prices,
+                config=economy_config(self.settings),
+                metrics=self.metrics,
+                written=worker.tally.count,
+            )
+        return worker
 
     def batch_options(self, **chosen: object) -> BatchOptions:
         """Options for a batch submitted from code: ``chosen`` over the fleet's defaults."""
@@ -121,13 +141,18 @@ class Services:
         account: str = "default",
         budget_usd: Decimal | None = None,
         idempotency: IdempotencyKey | None = None,
+        mode: BatchMode = BatchMode.ONLINE,
+        deadline_h: float | None = None,
+        fallback_online: bool = False,
     ) -> uuid.UUID:
         """Enqueue a batch atomically; the template is checked before anything is written,
         down to rendering the first row within the render limits, and a spending cap is one
         the database can keep.
 
         With ``idempotency``, a request repeated under the same key returns the first one's
-        batch instead of creating another.
+        batch instead of creating another. An ``economy`` batch goes through the provider's
+        Batch API; after ``deadline_h`` hours (default ``BULKGEN_ECONOMY_DEADLINE_H``) what
+        is still missing goes online if ``fallback_online``.
         """
         if budget_usd is not None:
             budget_usd = check_budget_usd(budget_usd)
@@ -146,6 +171,9 @@ class Services:
             inputs=inputs,
             budget_usd=budget_usd,
             idempotency=idempotency,
+            mode=mode,
+            deadline_s=_deadline_s(mode, deadline_h, self.settings),
+            fallback_online=fallback_online,
         )
 
     async def fleet_concurrency(self, model: str) -> ConcurrencyView:
@@ -183,6 +211,28 @@ class Services:
     async def aclose(self) -> None:
         await self.renderer.aclose()
         await self._closers.aclose()
+
+
+def _deadline_s(mode: BatchMode, deadline_h: float | None, settings: Settings) -> float | None:
+    if mode != BatchMode.ECONOMY:
+        if deadline_h is not None:
+            raise ConfigError("a deadline applies to economy batches only (--mode economy)")
+        return None
+    hours = settings.economy_deadline_h if deadline_h is None else deadline_h
+    if not 0 < hours <= 24 * 365:
+        raise ConfigError(f"the deadline must be more than 0 and at most a year, not {hours} h")
+    return hours * 3600
+
+
+def economy_config(settings: Settings) -> EconomyConfig:
+    return EconomyConfig(
+        limits=BatchLimits(settings.batch_max_requests, settings.batch_max_bytes),
+        lease_s=settings.economy_lease_s,
+        poll_s=settings.economy_poll_s,
+        max_poll_s=settings.economy_max_poll_s,
+        tick_s=settings.economy_tick_s,
+        retry_s=settings.economy_retry_s,
+    )
 
 
 def worker_config(
@@ -228,7 +278,10 @@ def provider_endpoint(settings: Settings) -> tuple[str, str] | None:
     return base_url, settings.openai_api_key.get_secret_value()
 
 
-async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Provider:
+async def _provider(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[Provider, OpenAIBatchClient]:
+    """The online provider and the Batch API client of the same server and key."""
     endpoint = provider_endpoint(settings)
     if endpoint is None:
         sim = await stack.enter_async_context(SimulatorProcess(BUILTIN_SIMULATOR))
@@ -241,7 +294,9 @@ async def _provider(settings: Settings, stack: contextlib.AsyncExitStack) -> Pro
             logger.warning("service.no_api_key", extra={"base_url": base_url})
     provider = OpenAICompatProvider(base_url, api_key, timeout_s=settings.provider_timeout_s)
     stack.push_async_callback(provider.aclose)
-    return provider
+    batch_client = OpenAIBatchClient(base_url, api_key, timeout_s=settings.provider_timeout_s)
+    stack.push_async_callback(batch_client.aclose)
+    return provider, batch_client
 
 
 def _redis_client(settings: Settings) -> RedisClient:
@@ -282,8 +337,11 @@ async def open_services(
             stack.push_async_callback(redis.aclose)
             await discover(redis)
         metrics = metrics or default_metrics
-        if provider is None:
-            provider = await _provider(settings, stack) if need_provider else NoProvider()
+        batch_client = None
+        if provider is None and need_provider:
+            provider, batch_client = await _provider(settings, stack)
+        elif provider is None:
+            provider = NoProvider()
         governor = await build_governor(settings, redis, metrics=metrics)
         stack.push_async_callback(governor.aclose)
         _, singleflight = build_cache(settings, redis, metrics=metrics)
@@ -304,6 +362,7 @@ async def open_services(
         budget=_budget_ledger(settings, store, prices, redis, metrics),
         prices=prices,
         renderer=build_renderer(settings),
+        batch_client=batch_client,
     )
 
 

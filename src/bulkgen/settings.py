@@ -108,6 +108,17 @@ class Settings(BaseSettings):
     cache_enabled: bool = True
     singleflight_wait_s: float = Field(default=30.0, ge=0)
 
+    # Economy mode (the provider's Batch API; see bulkgen.economy).
+    economy_deadline_h: float = Field(default=24.0, gt=0, le=24 * 365)  # a batch's default
+    economy_poll_s: float = Field(default=30.0, gt=0)  # first poll after creation, doubling
+    economy_max_poll_s: float = Field(default=600.0, gt=0)  # up to this
+    economy_tick_s: float = Field(default=5.0, gt=0)  # a worker looks for economy work
+    economy_lease_s: float = Field(default=300.0, gt=0)  # one step of a provider batch
+    economy_retry_s: float = Field(default=60.0, gt=0)  # a failed step, tried again after
+    # What one provider batch may hold (OpenAI: 50,000 requests, a 200 MB input file).
+    batch_max_requests: int = Field(default=50_000, ge=1)
+    batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+
     # Cost: JSON object model -> {"input_per_1m": usd, "output_per_1m": usd}, over the defaults.
     prices_json: str | None = None
 

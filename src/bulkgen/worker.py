@@ -37,6 +37,7 @@ from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
 from bulkgen.db.writer import FlushPolicy, Outcome, StatusWriter
+from bulkgen.economy import Economy
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
@@ -131,6 +132,7 @@ class Worker:
             metrics=metrics,
         )
         self.tally = WorkerTally()
+        self.economy: Economy | None = None  # set by the service when it can send batches
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._running = 0  # jobs in flight that have not handed their outcome over yet
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
@@ -162,12 +164,19 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="bulkgen-heartbeat"),
             asyncio.create_task(self._listen(), name="bulkgen-listen"),
         ]
+        economy = None
+        if self.economy is not None:
+            economy = asyncio.create_task(self.economy.run(self._stopping), name="bulkgen-economy")
         logger.info("worker.started", extra={"worker_id": str(self.id)})
         try:
             await self._claim_loop()
         finally:
             self._stopping.set()
             await self._drain()
+            if economy is not None:  # it ends its step; a step cut short is resumed by the
+                # next worker to take the provider batch's lease, so nothing waits for it
+                await asyncio.wait({economy}, timeout=self.config.shutdown_grace_s)
+                background.append(economy)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -235,8 +244,11 @@ class Worker:
         return max(1, min(self.config.concurrency_auto_max, wanted + max(2, wanted // 4)))
 
     async def _queue_is_empty(self) -> bool:
+        """No job left to run anywhere, and no provider batch left to finish."""
         try:
-            return await self.store.jobs_pending() == 0
+            if await self.store.jobs_pending() > 0:
+                return False
+            return self.economy is None or await self.economy.batches.open_count() == 0
         except StorageError:
             return False
 
@@ -255,7 +267,7 @@ class Worker:
         self._inflight[task] = job
         task.add_done_callback(self._inflight.pop)
 
-    async def _plan(self, batch_id: uuid.UUID) -> BatchPlan:
+    async def plan(self, batch_id: uuid.UUID) -> BatchPlan:
         """The batch's shared options and template, loaded once per worker (one in-flight
         load per batch, however many of its jobs start at once) and kept while the batch is
         among the ``plan_cache_size`` most recently used; evicting one that is still loading
@@ -301,7 +313,7 @@ class Worker:
 
     async def _outcome(self, job: ClaimedJob) -> Outcome:
         try:
-            plan = await self._plan(job.batch_id)
+            plan = await self.plan(job.batch_id)
             return await self.pipeline.run(job, plan)
         except StorageError as exc:  # the batch could not be read: try again soon, no attempt
             return RetryRow(job.id, 1.0, 0, 0, False, "storage", str(exc))

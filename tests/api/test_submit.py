@@ -64,6 +64,10 @@ async def test_a_bad_item_is_named_by_row_and_field(
         ({"items": ["a"], "budget_usd": "1.0000001"}, "invalid_request", "budget_usd"),
         ({"items": ["a"], "priority": 1}, "invalid_request", "priority"),
         ({"items": "a"}, "invalid_request", "items"),
+        ({"items": ["a"], "mode": "cheap"}, "invalid_request", "mode"),
+        ({"items": ["a"], "deadline_h": 6}, "invalid_request", "deadline_h"),
+        ({"items": ["a"], "fallback_online": True}, "invalid_request", "fallback_online"),
+        ({"items": ["a"], "mode": "economy", "deadline_h": 0}, "invalid_request", "deadline_h"),
         ({"options": {}}, "invalid_request", "items"),
         ([1, 2], "invalid_request", None),
     ],
@@ -169,6 +173,38 @@ async def test_a_csv_upload_goes_through_the_cli_intake(api: Api) -> None:
     assert [r["input"]["keyword"] for r in rows] == ["alpha", "beta"]
     assert rows[1]["input"]["overrides"] == {"tone": "dry"}
     assert await api.count("SELECT count(*) FROM batches WHERE budget_usd = 3") == 1
+
+
+async def test_an_economy_batch_by_json_and_by_upload(api: Api) -> None:
+    body = {"items": ["alpha", "beta"], "mode": "economy", "deadline_h": 6}
+    by_json = await api.client.post("/v1/batches", json=body, headers=api.acme)
+    assert by_json.status_code == 201, by_json.text
+    by_form = await api.client.post(
+        "/v1/batches",
+        files={"file": ("k.csv", b"keyword\ngamma\n", "text/csv")},
+        data={"mode": "economy", "fallback_online": "true"},
+        headers=api.acme,
+    )
+    assert by_form.status_code == 201, by_form.text
+    rows = await api.services.store.pool.fetch(
+        "SELECT b.mode, b.fallback_online, b.deadline_at - b.created_at AS window,"
+        " array_agg(DISTINCT j.status) AS statuses"
+        " FROM batches b JOIN jobs j ON j.batch_id = b.id GROUP BY b.id ORDER BY b.created_at"
+    )
+    assert [(r["mode"], r["fallback_online"], r["statuses"]) for r in rows] == [
+        ("economy", False, ["batched"]),
+        ("economy", True, ["batched"]),
+    ]
+    assert [r["window"].total_seconds() for r in rows] == [6 * 3600, 24 * 3600]
+    detail = await api.client.get(by_json.json()["url"], headers=api.acme)
+    assert detail.json()["mode"] == "economy" and detail.json()["counts"]["batched"] == 2
+    refused = await api.client.post(
+        "/v1/batches",
+        files={"file": ("k.csv", b"keyword\ndelta\n", "text/csv")},
+        data={"deadline_h": "6"},
+        headers=api.acme,
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "deadline_h"
 
 
 async def test_a_jsonl_upload_and_its_errors(api: Api) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -189,8 +190,15 @@ def test_dry_run_prints_the_estimate_and_enqueues_nothing(
     assert "jobs                          3  (model gpt-4o: 2, gpt-4o-mini: 1)" in out
     assert "answer tokens, worst case     3,400" in out  # 1,500 + 400 + 1,500
     assert "answer tokens, expected       2,534" in out  # 800 words ~ 1,067 tokens, or 400
-    assert "at Batch API prices" in out and "not available yet" in out
+    assert "online (this batch)" in out and "economy (Batch API)  " in out
     assert "even the worst case fits" in out
+    economy = _bulkgen(
+        "submit", str(keywords), "--dry-run", "--mode", "economy", "--budget-usd", "0.03", env=env
+    )
+    assert economy.returncode == 0, economy.stderr
+    # $0.03 is below the online worst case and above the economy one: judged at its mode's.
+    assert "economy (Batch API) (this batch)" in economy.stdout
+    assert "even the worst case fits" in economy.stdout
     as_json = _bulkgen("submit", str(keywords), "--dry-run", "--json", env=env)
     assert as_json.returncode == 0, as_json.stderr
     estimate = json.loads(as_json.stdout.strip().splitlines()[-1])
@@ -234,3 +242,38 @@ def test_dry_run_refuses_what_submit_refuses_and_names_any_row_that_cannot_rende
     for result in (unrenderable, refused):
         assert "Traceback" not in result.stderr
     assert asyncio.run(_batches_in(database_url)) == 0
+
+
+def test_an_economy_batch_from_the_command_line(database_url: str, tmp_path: Path) -> None:
+    keywords = tmp_path / "k.csv"
+    keywords.write_text("keyword\nalpha\nbeta\ngamma\n")
+    env = _env(database_url, BULKGEN_ECONOMY_POLL_S="0.5", BULKGEN_ECONOMY_TICK_S="0.2")
+    bad = _bulkgen("submit", str(keywords), "--mode", "economy", "--deadline", "3x", env=env)
+    assert bad.returncode == 2 and "--deadline takes a duration such as 24h" in bad.stderr
+    online_deadline = _bulkgen("submit", str(keywords), "--deadline", "2h", env=env)
+    assert online_deadline.returncode == 2 and "go with --mode economy" in online_deadline.stderr
+    submitted = _bulkgen(
+        "submit",
+        str(keywords),
+        "--mode",
+        "economy",
+        "--deadline",
+        "90m",
+        "--max-tokens",
+        "600",
+        env=env,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip().splitlines()[-1]
+    worked = _bulkgen("worker", "--burst", env=env)
+    assert worked.returncode == 0, worked.stderr
+    assert "economy.submitted" in worked.stderr and "economy.processed" in worked.stderr
+    status = _bulkgen("status", batch_id, "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout.strip().splitlines()[-1])
+    assert (report["mode"], report["done"], report["batched"]) == ("economy", 3, 0)
+    assert Decimal(report["economy_saved_usd"]) == Decimal(report["cost_usd"]) > 0
+    deadline = datetime.fromisoformat(report["deadline_at"])
+    assert datetime.now(UTC) + timedelta(minutes=80) < deadline  # 90 minutes from submit
+    table = _bulkgen("status", batch_id, env=env)
+    assert "economy saved usd" in table.stdout and "economy" in table.stdout

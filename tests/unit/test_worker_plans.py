@@ -50,15 +50,15 @@ async def test_plans_stay_bounded_and_the_least_recent_is_dropped() -> None:
     worker = make_worker(reads, size=3)
     batches = [uuid.uuid4() for _ in range(10)]
     for batch_id in batches:
-        plan = await worker._plan(batch_id)
+        plan = await worker.plan(batch_id)
         assert plan.options.max_tokens == 300
         assert len(worker._plans) <= 3
     assert list(worker._plans) == batches[-3:]
     assert len(reads.reads) == 10
 
-    await worker._plan(batches[-3])  # cached: no read, and now the most recent
+    await worker.plan(batches[-3])  # cached: no read, and now the most recent
     assert len(reads.reads) == 10
-    await worker._plan(batches[0])  # dropped long ago: read again, evicting batches[-2]
+    await worker.plan(batches[0])  # dropped long ago: read again, evicting batches[-2]
     assert reads.reads[-1] == batches[0]
     assert list(worker._plans) == [batches[-1], batches[-3], batches[0]]
 
@@ -68,5 +68,5 @@ async def test_jobs_of_one_batch_share_one_read() -> None:
     worker = make_worker(reads, size=2)
     batch_id = uuid.uuid4()
     for _ in range(5):
-        await worker._plan(batch_id)
+        await worker.plan(batch_id)
     assert reads.reads == [batch_id]

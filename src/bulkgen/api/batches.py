@@ -103,6 +103,9 @@ def _upload_schema() -> dict[str, Any]:
             "options": {"type": "string", "description": "Batch options as a JSON object."},
             "template": {"type": "string"},
             "budget_usd": {"type": "string", "description": "Spending cap in USD."},
+            "mode": {"type": "string", "enum": ["online", "economy"]},
+            "deadline_h": {"type": "string", "description": "Economy mode: hours it may take."},
+            "fallback_online": {"type": "string", "enum": ["true", "false"]},
         },
     }
 
@@ -152,7 +155,14 @@ async def submit_batch(
             return await _replayed(services, caller, check_replay(stored, claim), response)
     rows, options = validate_draft(draft, limits, services.settings)
     batch_id = await services.submit(
-        rows, options, account=caller.name, budget_usd=draft.budget_usd, idempotency=claim
+        rows,
+        options,
+        account=caller.name,
+        budget_usd=draft.budget_usd,
+        idempotency=claim,
+        mode=draft.mode,
+        deadline_h=draft.deadline_h,
+        fallback_online=draft.fallback_online,
     )
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return BatchCreated(id=batch_id, total=len(rows), replayed=False, url=f"/v1/batches/{batch_id}")

@@ -34,7 +34,7 @@ from bulkgen.api.batches import BatchId, owned_batch
 from bulkgen.api.deps import CallerDep, ServicesDep
 from bulkgen.api.schemas import ErrorResponse
 from bulkgen.api.settings import ApiSettings
-from bulkgen.batch_status import counts_by_status, is_finished, share_429
+from bulkgen.batch_status import counts_by_status, is_finished, pending, share_429
 from bulkgen.db.store import StatusCount, Store
 
 __all__ = ["Figures", "ProgressSample", "progress_events", "router"]
@@ -103,7 +103,7 @@ class ProgressSample:
         return max(0, ran - ran_before) / (self.at_s - previous.at_s)
 
     def payload(self, total: int, rate: float | None) -> dict[str, Any]:
-        left = self.counts["queued"] + self.counts["generating"]
+        left = pending(self.counts)
         eta_s = left / rate if rate and left else (0.0 if not left else None)
         return {
             "counts": self.counts,

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bulkgen.accounting import BatchUsage
-from bulkgen.batch_status import BatchStatus, counts_by_status, is_finished
+from bulkgen.batch_status import BatchStatus, counts_by_status, is_finished, pending
 from bulkgen.db.account_scope import ArticleRow, JobDetailRow, JobRow
 from bulkgen.db.store import BatchRecord
+from bulkgen.models import BatchMode
 
 __all__ = [
     "Article",
@@ -35,8 +36,9 @@ __all__ = [
     "RetryResult",
 ]
 
-JobStatusName = Literal["queued", "generating", "done", "failed", "cancelled"]
+JobStatusName = Literal["queued", "generating", "batched", "done", "failed", "cancelled"]
 Budget = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=6)]
+DeadlineHours = Annotated[float, Field(gt=0, le=24 * 365)]
 
 _BATCH_ID = "0f8e7a52-6f3c-4c55-9d2e-2f4b8f0c1a77"
 _CREATED = "2025-01-15T10:30:00Z"
@@ -97,6 +99,19 @@ class BatchRequest(BaseModel):
     )
     template: str | None = Field(None, description="A Jinja2 prompt template for every item.")
     budget_usd: Budget | None = Field(None, description="Spending cap for the batch, in USD.")
+    mode: BatchMode = Field(
+        BatchMode.ONLINE,
+        description="online: one call per job, as fast as the rate limits allow. economy: "
+        "through the provider's Batch API, at half the price, within a day.",
+    )
+    deadline_h: DeadlineHours | None = Field(
+        None,
+        description="Economy mode: hours the batch may take (default: the server's "
+        "BULKGEN_ECONOMY_DEADLINE_H, 24).",
+    )
+    fallback_online: bool = Field(
+        False, description="Economy mode: at the deadline, run what is still missing online."
+    )
 
 
 class BatchCreated(BaseModel):
@@ -115,6 +130,9 @@ class BatchCreated(BaseModel):
 class JobCounts(BaseModel):
     queued: int = 0
     generating: int = 0
+    batched: int = Field(
+        default=0, description="Economy mode: waiting for or held by a provider batch."
+    )
     done: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -128,6 +146,7 @@ _SUMMARY_EXAMPLE: dict[str, Any] = {
     "created_at": _CREATED,
     "cancelled_at": None,
     "total": 2,
+    "mode": "online",
     "finished": False,
     "counts": _COUNTS_EXAMPLE,
     "options": {"model": "gpt-4o", "tone": "friendly"},
@@ -141,6 +160,7 @@ class BatchSummary(BaseModel):
     created_at: datetime
     cancelled_at: datetime | None
     total: int
+    mode: BatchMode = BatchMode.ONLINE
     finished: bool = Field(description="No job is queued or running any more.")
     counts: JobCounts
     options: dict[str, Any]
@@ -154,6 +174,7 @@ class BatchSummary(BaseModel):
             created_at=record.created_at,
             cancelled_at=record.cancelled_at,
             total=record.total,
+            mode=BatchMode(record.mode),
             finished=is_finished(counts),
             counts=JobCounts.model_validate(counts),
             options=record.options,
@@ -177,6 +198,11 @@ class UsageReport(BaseModel):
     cached_prompt_tokens: int
     cached_completion_tokens: int
     saved_usd: str
+    economy_saved_usd: str = Field(
+        "0",
+        description="What the jobs answered through the provider's Batch API would have "
+        "cost online, less what they cost.",
+    )
     unpriced_models: list[str]
 
     @classmethod
@@ -199,6 +225,8 @@ class BatchDetail(BaseModel):
             "cancelled_at": None,
             "cancel_reason": None,
             "total": 2,
+            "mode": "online",
+            "deadline_at": None,
             "finished": True,
             "counts": {"queued": 0, "generating": 0, "done": 2, "failed": 0, "cancelled": 0},
             "prompt_tokens": 180,
@@ -214,6 +242,7 @@ class BatchDetail(BaseModel):
                 "cached_prompt_tokens": 0,
                 "cached_completion_tokens": 0,
                 "saved_usd": "0",
+                "economy_saved_usd": "0",
                 "unpriced_models": [],
             },
             "budget_usd": "5.000000",
@@ -233,6 +262,10 @@ class BatchDetail(BaseModel):
     cancelled_at: datetime | None
     cancel_reason: str | None
     total: int
+    mode: BatchMode = Field(description="online, or economy (the provider's Batch API).")
+    deadline_at: datetime | None = Field(
+        description="Economy mode: when what is still missing goes online, if asked."
+    )
     finished: bool
     counts: JobCounts
     prompt_tokens: int
@@ -263,7 +296,7 @@ class BatchDetail(BaseModel):
     @classmethod
     def of(cls, status: BatchStatus, rate_jobs_per_s: float | None = None) -> BatchDetail:
         record = status.record
-        left = status.counts["queued"] + status.counts["generating"]
+        left = pending(status.counts)
         eta_s = left / rate_jobs_per_s if left and rate_jobs_per_s else None
         return cls(
             id=record.id,
@@ -272,6 +305,8 @@ class BatchDetail(BaseModel):
             cancelled_at=record.cancelled_at,
             cancel_reason=record.cancel_reason,
             total=record.total,
+            mode=BatchMode(record.mode),
+            deadline_at=record.deadline_at,
             finished=status.finished,
             counts=JobCounts.model_validate(status.counts),
             prompt_tokens=status.prompt_tokens,

@@ -31,6 +31,7 @@ from bulkgen.api.schemas import BatchRequest, Budget
 from bulkgen.api.settings import ApiSettings
 from bulkgen.errors import ConfigError
 from bulkgen.intake import JobInput, parse_csv, parse_jsonl, parse_rows
+from bulkgen.models import BatchMode
 from bulkgen.options import BatchOptions
 from bulkgen.options import validate_options as intake_validate_options
 from bulkgen.settings import Settings
@@ -38,7 +39,8 @@ from bulkgen.settings import Settings
 __all__ = ["Draft", "read_draft", "validate_draft"]
 
 _BUDGET = TypeAdapter(Budget)
-_FORM_FIELDS = {"file", "options", "template", "budget_usd"}
+_DELIVERY_FIELDS = ("mode", "deadline_h", "fallback_online")
+_FORM_FIELDS = {"file", "options", "template", "budget_usd", *_DELIVERY_FIELDS}
 _UPLOAD_TYPES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _UPLOAD_MEDIA = {"text/csv": "csv", "application/jsonl": "jsonl", "application/x-ndjson": "jsonl"}
 
@@ -53,6 +55,9 @@ class Draft:
     template: str | None
     budget_usd: Decimal | None
     request_hash: str  # what an Idempotency-Key is bound to
+    mode: BatchMode = BatchMode.ONLINE
+    deadline_h: float | None = None
+    fallback_online: bool = False
 
 
 def _invalid(message: str, *, field: str | None = None, row: int | None = None) -> ApiError:
@@ -101,6 +106,7 @@ def _json_draft(body: bytes) -> Draft:
         "options": parsed.options,
         "template": parsed.template,
         "budget_usd": _budget_text(parsed.budget_usd),
+        **_delivery(parsed.mode, parsed.deadline_h, parsed.fallback_online),
     }
     return Draft(
         items=parsed.items,
@@ -109,7 +115,21 @@ def _json_draft(body: bytes) -> Draft:
         template=parsed.template,
         budget_usd=parsed.budget_usd,
         request_hash=_digest(payload),
+        mode=parsed.mode,
+        deadline_h=parsed.deadline_h,
+        fallback_online=parsed.fallback_online,
     )
+
+
+def _delivery(mode: BatchMode, deadline_h: float | None, fallback: bool) -> dict[str, Any]:
+    """How the batch is sent, as the request's digest holds it; economy's options are
+    refused on an online batch rather than ignored."""
+    if mode != BatchMode.ECONOMY and (deadline_h is not None or fallback):
+        field = "deadline_h" if deadline_h is not None else "fallback_online"
+        raise _invalid(f"{field} applies to economy batches only (mode: economy)", field=field)
+    if mode == BatchMode.ONLINE:
+        return {}  # the digest of an online request stays what it always was
+    return {"mode": str(mode), "deadline_h": deadline_h, "fallback_online": fallback}
 
 
 async def _read_form(request: Request) -> FormData:
@@ -135,18 +155,28 @@ async def _upload_draft(request: Request) -> Draft:
         options = _form_options(form.get("options"))
         template = _form_text(form.get("template"), "template")
         budget_text = _form_text(form.get("budget_usd"), "budget_usd")
+        delivery_fields = {
+            name: text
+            for name in _DELIVERY_FIELDS
+            if (text := _form_text(form.get(name), name)) is not None
+        }
     finally:
         await form.close()
     try:
         budget = None if budget_text is None else _BUDGET.validate_python(budget_text)
     except ValidationError as exc:
         raise _first_error(exc, "budget_usd") from None
+    try:  # read as the JSON body's fields are, with their bounds and messages
+        delivery = BatchRequest.model_validate({"items": [], **delivery_fields})
+    except ValidationError as exc:
+        raise _first_error(exc) from None
     payload = {
         "upload_sha256": hashlib.sha256(data).hexdigest(),
         "upload_kind": kind,
         "options": options,
         "template": template,
         "budget_usd": _budget_text(budget),
+        **_delivery(delivery.mode, delivery.deadline_h, delivery.fallback_online),
     }
     return Draft(
         items=None,
@@ -155,6 +185,9 @@ async def _upload_draft(request: Request) -> Draft:
         template=template,
         budget_usd=budget,
         request_hash=_digest(payload),
+        mode=delivery.mode,
+        deadline_h=delivery.deadline_h,
+        fallback_online=delivery.fallback_online,
     )
 
 

@@ -98,6 +98,21 @@ class SingleFlight:
                 del self._inflight[key]
             future.set_result(result)  # None tells followers to produce on their own
 
+    async def lookup(self, key: str) -> CachedResult | None:
+        """The cached result for ``key``, if any (a ``cache.hit``), for callers that send
+        their own requests in bulk rather than through :meth:`run` (economy mode)."""
+        if not self._enabled:
+            return None
+        hit = await self._cache.get(key)
+        if hit is not None:
+            self._metrics.inc("cache.hit")
+        return hit
+
+    async def remember(self, key: str, value: CachedResult) -> None:
+        """Cache a result produced outside :meth:`run`."""
+        if self._enabled:
+            await self._cache.put(key, value)
+
     async def _follow(
         self, key: str, leader: asyncio.Future[CachedResult | None], produce: Produce
     ) -> tuple[CachedResult, Source]:

@@ -22,16 +22,18 @@ ACCOUNT_ID_OF_NAME = "SELECT id FROM accounts WHERE name = $1"
 
 # One statement for the whole batch: the batch row, its jobs (arrays unnested server-side,
 # 10,000 rows in one round trip) and one NOTIFY for the whole enqueue, delivered at commit.
+# An economy batch's jobs start `batched`: waiting for a provider batch, not for a worker.
 BATCH_INSERT_WITH_JOBS = """
 WITH batch AS (
     INSERT INTO batches (id, account_id, options, template, template_version, total,
-                         budget_usd)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-    RETURNING id
+                         budget_usd, mode, deadline_at, fallback_online)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $9, now() + make_interval(secs => $10), $11)
+    RETURNING id, mode
 ),
 queued AS (
-    INSERT INTO jobs (batch_id, account_id, input)
-    SELECT batch.id, $2, i FROM batch, unnest($8::jsonb[]) AS i
+    INSERT INTO jobs (batch_id, account_id, input, status)
+    SELECT batch.id, $2, i, CASE WHEN batch.mode = 'economy' THEN 'batched' ELSE 'queued' END
+    FROM batch, unnest($8::jsonb[]) AS i
 )
 SELECT pg_notify('bulkgen_jobs', id::text) FROM batch
 """
@@ -40,7 +42,8 @@ JOBS_NOTIFY = "SELECT pg_notify('bulkgen_jobs', $1)"
 
 BATCH_GET = """
 SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
-       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason
+       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason,
+       b.mode, b.deadline_at, b.fallback_online
 FROM batches b JOIN accounts a ON a.id = b.account_id
 WHERE b.id = $1
 """
@@ -70,13 +73,21 @@ FROM jobs WHERE batch_id = $1 AND status IN ('failed', 'cancelled') AND error_ki
 GROUP BY error_kind ORDER BY count(*) DESC
 """
 
+# Jobs waiting (queued, or batched and not yet in a provider batch) are cancelled at once;
+# the batch's provider batches are asked to stop (a worker cancels them at the provider),
+# and the jobs they hold end when their answers are written: what finished is kept.
 BATCH_CANCEL = """
 WITH b AS (
     UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()), cancel_reason = $2
     WHERE id = $1 RETURNING id
+),
+stopping AS (
+    UPDATE provider_batches SET cancel_requested = true, poll_after = now()
+    WHERE batch_id = (SELECT id FROM b) AND state <> 'processed' AND NOT cancel_requested
 )
 UPDATE jobs SET status = 'cancelled', error_kind = $2, finished_at = now()
-WHERE batch_id = (SELECT id FROM b) AND status = 'queued'
+WHERE batch_id = (SELECT id FROM b)
+  AND (status = 'queued' OR (status = 'batched' AND lease_owner IS NULL))
 """
 
 # Fair claim, round-robin over accounts from a cursor (``claim_cursor``, the last account a
@@ -164,7 +175,7 @@ RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms
 
 JOBS_PENDING_COUNT = """
 SELECT count(*) FROM jobs
-WHERE status IN ('queued', 'generating')
+WHERE status IN ('queued', 'generating', 'batched')
   AND ($1::uuid IS NULL OR batch_id = $1)
 """
 
@@ -232,10 +243,11 @@ JOBS_FINISH_DONE = """
 WITH d AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
                          $7::text[], $8::text[], $9::bool[], $10::int[], $11::int[],
-                         $12::text[], $13::int[], $14::int[], $15::int[], $16::int[])
+                         $12::text[], $13::int[], $14::int[], $15::int[], $16::int[],
+                         $17::bool[])
         AS t(job_id, content, html, title, word_count, finish_reason, model, cached,
              prompt_tokens, completion_tokens, cache_key, claim, cache_read_tokens,
-             calls, calls_429)
+             calls, calls_429, batch_api)
 ),
 fin AS (
     UPDATE jobs j
@@ -245,9 +257,10 @@ fin AS (
         cache_read_tokens = d.cache_read_tokens,
         provider_calls = j.provider_calls + d.calls,
         provider_429s = j.provider_429s + d.calls_429,
-        cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL
+        cached = d.cached, cache_key = d.cache_key, error_kind = NULL, error_message = NULL,
+        batch_api = d.batch_api
     FROM d
-    WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
+    WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'batched')
       AND (d.claim IS NULL OR j.claims = d.claim)
     RETURNING j.id
 )
@@ -258,9 +271,13 @@ RETURNING job_id
 """
 
 # A retry of a job whose batch was cancelled meanwhile ends `cancelled`: a cancel sticks.
+# A job a provider batch held waits for the next one, unless its batch went online (its
+# deadline passed): then it is queued for a worker like any other.
 JOBS_FINISH_RETRY = """
 UPDATE jobs j
-SET status = CASE WHEN b.cancelled_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+SET status = CASE WHEN b.cancelled_at IS NOT NULL THEN 'cancelled'
+                  WHEN j.status = 'batched' AND b.mode = 'economy' THEN 'batched'
+                  ELSE 'queued' END,
     finished_at = CASE WHEN b.cancelled_at IS NULL THEN NULL ELSE now() END,
     lease_owner = NULL,
     run_after = now() + make_interval(secs => d.delay_s),
@@ -275,7 +292,7 @@ FROM unnest($2::bigint[], $3::float8[], $4::int[], $5::int[], $6::bool[], $7::te
          calls, calls_429),
     batches b
 WHERE j.id = d.job_id AND b.id = j.batch_id
-  AND j.lease_owner = $1 AND j.status = 'generating'
+  AND j.lease_owner = $1 AND j.status IN ('generating', 'batched')
   AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
 """
@@ -287,12 +304,13 @@ SET status = d.status, lease_owner = NULL, finished_at = now(),
     prompt_tokens = coalesce(d.prompt_tokens, j.prompt_tokens),
     completion_tokens = coalesce(d.completion_tokens, j.completion_tokens),
     cache_read_tokens = coalesce(d.cache_read_tokens, j.cache_read_tokens),
-    provider_calls = j.provider_calls + d.calls, provider_429s = j.provider_429s + d.calls_429
+    provider_calls = j.provider_calls + d.calls, provider_429s = j.provider_429s + d.calls_429,
+    batch_api = d.batch_api
 FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::int[],
-            $9::int[], $10::int[], $11::int[], $12::int[])
+            $9::int[], $10::int[], $11::int[], $12::int[], $13::bool[])
     AS d(job_id, status, burnt, error_kind, error_message, prompt_tokens, completion_tokens,
-         claim, cache_read_tokens, calls, calls_429)
-WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status = 'generating'
+         claim, cache_read_tokens, calls, calls_429, batch_api)
+WHERE j.id = d.job_id AND j.lease_owner = $1 AND j.status IN ('generating', 'batched')
   AND (d.claim IS NULL OR j.claims = d.claim)
 RETURNING j.id
 """
@@ -317,6 +335,7 @@ WHERE application_name = $1 AND datname = current_database()
 BATCH_USAGE = """
 SELECT j.status, j.cached,
        coalesce(r.model, j.input->'overrides'->>'model', b.options->>'model', '') AS model,
+       CASE WHEN j.batch_api THEN 'batch' ELSE 'online' END AS tier,
        count(*) AS jobs,
        coalesce(sum(j.prompt_tokens), 0)::bigint AS prompt_tokens,
        coalesce(sum(j.completion_tokens), 0)::bigint AS completion_tokens,
@@ -326,8 +345,8 @@ JOIN batches b ON b.id = j.batch_id
 LEFT JOIN results r ON r.job_id = j.id
 WHERE j.batch_id = $1
   AND (j.status = 'done' OR (j.status = 'failed' AND j.prompt_tokens IS NOT NULL))
-GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4
 """
 
 BATCH_BUDGET_GET = "SELECT budget_usd FROM batches WHERE id = $1"
@@ -341,7 +360,7 @@ WITH old AS (
     WHERE b.created_at < now() - make_interval(days => $1)
       AND NOT EXISTS (
           SELECT 1 FROM jobs j
-          WHERE j.batch_id = b.id AND j.status IN ('queued', 'generating'))
+          WHERE j.batch_id = b.id AND j.status IN ('queued', 'generating', 'batched'))
     ORDER BY b.created_at
     LIMIT $2
 ),
@@ -395,7 +414,8 @@ RETURNING id
 
 BATCH_GET_OF_ACCOUNT = """
 SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
-       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason
+       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason,
+       b.mode, b.deadline_at, b.fallback_online
 FROM batches b JOIN accounts a ON a.id = b.account_id
 WHERE b.id = $1 AND b.account_id = $2
 """
@@ -403,7 +423,8 @@ WHERE b.id = $1 AND b.account_id = $2
 # Newest first, keyset-paginated on (created_at, id): a page costs the same at any depth.
 BATCHES_OF_ACCOUNT = """
 SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
-       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason
+       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason,
+       b.mode, b.deadline_at, b.fallback_online
 FROM batches b JOIN accounts a ON a.id = b.account_id
 WHERE b.account_id = $1
   AND ($2::timestamptz IS NULL OR (b.created_at, b.id) < ($2::timestamptz, $3::uuid))
@@ -441,12 +462,12 @@ WHERE j.id = $1 AND j.account_id = $2
 # a new answer replaces them, as for any retry.
 BATCH_RETRY_FAILED = """
 WITH b AS (
-    SELECT id, cancelled_at FROM batches WHERE id = $1 AND account_id = $2
+    SELECT id, cancelled_at, mode FROM batches WHERE id = $1 AND account_id = $2
 ),
 requeued AS (
     UPDATE jobs j
-    SET status = 'queued', attempts = 0, rate_limited_ms = 0, run_after = now(),
-        finished_at = NULL
+    SET status = CASE WHEN b.mode = 'economy' THEN 'batched' ELSE 'queued' END,
+        attempts = 0, rate_limited_ms = 0, run_after = now(), finished_at = NULL
     FROM b
     WHERE j.batch_id = b.id AND b.cancelled_at IS NULL AND j.status = 'failed'
     RETURNING j.id
@@ -471,3 +492,170 @@ SELECT batch_id, request_hash FROM idempotency_keys WHERE account_id = $1 AND ke
 """
 
 DATABASE_PING = "SELECT 1"
+
+# ---------------------------------------------------------------- economy mode
+# Provider batches (see bulkgen.economy): a row per provider batch, written before anything
+# is sent; its id is the lease_owner of the `batched` jobs it holds.
+
+# A provider batch for the oldest waiting jobs of one (batch, model), in one statement:
+# the row ($1, leased to worker $2 for $4 s) and up to $3 of those jobs, locked SKIP LOCKED
+# so concurrent dispatchers take different jobs. Nothing is written when no job is free.
+ECONOMY_DISPATCH = """
+WITH first AS (
+    SELECT j.batch_id, coalesce(j.input->'overrides'->>'model', b.options->>'model') AS model
+    FROM jobs j JOIN batches b ON b.id = j.batch_id
+    WHERE j.status = 'batched' AND j.lease_owner IS NULL AND j.run_after <= now()
+    ORDER BY j.run_after, j.id
+    LIMIT 1
+),
+picked AS (
+    SELECT j.id FROM jobs j, first, batches b
+    WHERE j.status = 'batched' AND j.lease_owner IS NULL AND j.batch_id = first.batch_id
+      AND j.run_after <= now() AND b.id = first.batch_id
+      AND coalesce(j.input->'overrides'->>'model', b.options->>'model') = first.model
+    ORDER BY j.run_after, j.id
+    LIMIT $3
+    FOR UPDATE OF j SKIP LOCKED
+),
+pb AS (
+    INSERT INTO provider_batches (id, batch_id, model, requests, lease_owner, lease_until)
+    SELECT $1, first.batch_id, first.model, (SELECT count(*) FROM picked), $2,
+           now() + make_interval(secs => $4)
+    FROM first WHERE EXISTS (SELECT FROM picked)
+    RETURNING id
+)
+UPDATE jobs j SET lease_owner = pb.id, claims = j.claims + 1
+FROM picked, pb
+WHERE j.id = picked.id
+RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms,
+          j.max_tokens_grown, j.claims
+"""
+
+_PROVIDER_BATCH_COLUMNS = """
+id, batch_id, model, state, provider_id, provider_status, input_file_id, output_file_id,
+error_file_id, requests, completed, failed, reserved_usd, cancel_requested, created_at,
+expires_at, poll_interval_s
+"""
+
+# The provider batch most overdue for a step (submit, poll, cancel, or write its answers),
+# leased to worker $1 for $2 s. A lease that lapsed (its worker died) is taken over.
+PROVIDER_BATCH_LEASE = f"""
+UPDATE provider_batches p
+SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+WHERE p.id = (
+    SELECT id FROM provider_batches
+    WHERE state <> 'processed' AND poll_after <= now()
+      AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY poll_after
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_PROVIDER_BATCH_COLUMNS}
+"""
+
+# Every step below is fenced on the lease: a worker whose lease lapsed writes nothing.
+PROVIDER_BATCH_LEASE_EXTEND = """
+UPDATE provider_batches SET lease_until = now() + make_interval(secs => $3)
+WHERE id = $1 AND lease_owner = $2
+RETURNING id
+"""
+
+PROVIDER_BATCH_SUBMITTED = """
+UPDATE provider_batches
+SET state = 'submitted', provider_id = $3, input_file_id = $4, provider_status = $5,
+    requests = $6, reserved_usd = $7, expires_at = to_timestamp($8),
+    submitted_at = coalesce(submitted_at, now()),
+    poll_after = now() + make_interval(secs => $9), poll_interval_s = $9,
+    lease_owner = NULL, lease_until = NULL
+WHERE id = $1 AND lease_owner = $2
+RETURNING id
+"""
+
+PROVIDER_BATCH_POLLED = """
+UPDATE provider_batches
+SET provider_status = $3, completed = $4, failed = $5, output_file_id = $6, error_file_id = $7,
+    poll_after = now() + make_interval(secs => $8), poll_interval_s = $8,
+    lease_owner = NULL, lease_until = NULL
+WHERE id = $1 AND lease_owner = $2
+RETURNING id
+"""
+
+PROVIDER_BATCH_PROCESSED = """
+UPDATE provider_batches
+SET state = 'processed', processed_at = now(), reserved_usd = 0, provider_status = $3,
+    completed = $4, failed = $5, output_file_id = $6, error_file_id = $7, error = $8,
+    lease_owner = NULL, lease_until = NULL
+WHERE id = $1 AND lease_owner = $2
+RETURNING id
+"""
+
+# A provider batch that had nothing left to send (every job answered from the cache, failed,
+# or waiting for money): it never existed at the provider, so it leaves no row behind.
+PROVIDER_BATCH_DROP = """
+DELETE FROM provider_batches p
+WHERE p.id = $1 AND p.lease_owner = $2 AND p.provider_id IS NULL
+  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lease_owner = p.id AND j.status = 'batched')
+RETURNING p.id
+"""
+
+# A step that failed (the provider unreachable, an upload refused): try again after $3 s.
+PROVIDER_BATCH_POSTPONED = """
+UPDATE provider_batches
+SET poll_after = now() + make_interval(secs => $3), error = $4,
+    lease_owner = NULL, lease_until = NULL
+WHERE id = $1 AND lease_owner = $2
+RETURNING id
+"""
+
+PROVIDER_BATCH_JOBS = """
+SELECT id, batch_id, account_id, input, attempts, rate_limited_ms, max_tokens_grown, claims
+FROM jobs WHERE lease_owner = $1 AND status = 'batched'
+ORDER BY id
+"""
+
+# Jobs a provider batch will not send after all (they did not fit its file, or its budget
+# room): back to waiting, no attempt burnt, due again after $3 s.
+PROVIDER_BATCH_JOBS_RETURN = """
+UPDATE jobs SET lease_owner = NULL, run_after = now() + make_interval(secs => $3)
+WHERE lease_owner = $1 AND status = 'batched' AND id = ANY($2::bigint[])
+RETURNING id
+"""
+
+# What a batch's cap has left for a new provider batch: the cap, and what its other
+# unprocessed provider batches hold (their answers are not in the jobs' rows yet).
+PROVIDER_BATCH_BUDGET = """
+SELECT b.budget_usd AS cap,
+       coalesce((SELECT sum(p.reserved_usd) FROM provider_batches p
+                 WHERE p.batch_id = b.id AND p.state <> 'processed' AND p.id <> $2), 0)
+           AS held
+FROM batches b WHERE b.id = $1
+"""
+
+# Economy batches whose deadline passed and that asked to fall back: they become online
+# batches (once), their waiting jobs are queued for workers, and their provider batches
+# are asked to stop; the jobs those hold are queued when their answers are written.
+ECONOMY_FALLBACK = """
+WITH due AS (
+    UPDATE batches SET mode = 'online'
+    WHERE mode = 'economy' AND fallback_online AND deadline_at <= now()
+    RETURNING id
+),
+stopping AS (
+    UPDATE provider_batches p SET cancel_requested = true, poll_after = now()
+    FROM due WHERE p.batch_id = due.id AND p.state <> 'processed' AND NOT p.cancel_requested
+),
+queued AS (
+    UPDATE jobs j SET status = 'queued'
+    FROM due
+    WHERE j.batch_id = due.id AND j.status = 'batched' AND j.lease_owner IS NULL
+    RETURNING j.id
+)
+SELECT count(*) AS jobs, pg_notify('bulkgen_jobs', 'fallback') FROM queued HAVING count(*) > 0
+"""
+
+# Provider batches not processed yet: a burst worker does not exit while one is open.
+PROVIDER_BATCHES_OPEN = "SELECT count(*) FROM provider_batches WHERE state <> 'processed'"
+
+PROVIDER_BATCHES_OF_BATCH = f"""
+SELECT {_PROVIDER_BATCH_COLUMNS} FROM provider_batches WHERE batch_id = $1 ORDER BY created_at
+"""

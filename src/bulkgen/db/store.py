@@ -21,8 +21,8 @@ from bulkgen.db import queries as q
 from bulkgen.db.idempotency import IdempotencyKey, idempotency_key_claim
 from bulkgen.db.pool import translate_errors
 from bulkgen.errors import StorageError
-from bulkgen.models import JobStatus
-from bulkgen.pricing import PriceTable
+from bulkgen.models import BatchMode, JobStatus
+from bulkgen.pricing import PriceTable, PriceTier
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,9 @@ class BatchRecord:
     created_at: datetime
     cancelled_at: datetime | None
     cancel_reason: str | None
+    mode: str = BatchMode.ONLINE
+    deadline_at: datetime | None = None  # economy: when what is missing may go online
+    fallback_online: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class DoneRow:
     cache_read_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     calls: int = 0  # requests this claim sent to the provider
     calls_429: int = 0  # of those, answered 429
+    batch_api: bool = False  # answered through a provider batch: billed at batch prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class FailedRow:
     cache_read_tokens: int | None = None
     calls: int = 0
     calls_429: int = 0
+    batch_api: bool = False
 
 
 class Store:
@@ -133,6 +138,9 @@ class Store:
         inputs: Sequence[dict[str, Any]],
         budget_usd: Decimal | None = None,
         idempotency: IdempotencyKey | None = None,
+        mode: BatchMode = BatchMode.ONLINE,
+        deadline_s: float | None = None,
+        fallback_online: bool = False,
     ) -> uuid.UUID:
         """Insert a batch and all its jobs atomically: all of them or none, in one
         transaction with the account (its id, or its name: created if missing, only read
@@ -164,6 +172,9 @@ class Store:
                 len(inputs),
                 budget_usd,
                 list(inputs),
+                mode,
+                deadline_s,
+                fallback_online,
             )
         return batch_id
 
@@ -296,6 +307,7 @@ class Store:
                         r.cache_read_tokens,
                         r.calls,
                         r.calls_429,
+                        r.batch_api,
                     )
                     for r in rows
                 ],
@@ -331,7 +343,8 @@ class Store:
         """Tokens, cost, cache hits and savings of a batch, from its jobs' own rows."""
         async with translate_errors("reading batch usage"):
             rows = await self.pool.fetch(q.BATCH_USAGE, batch_id)
-        return summarize((UsageLine(**dict(r)) for r in rows), prices)
+        lines = (UsageLine(**{**dict(r), "tier": PriceTier(r["tier"])}) for r in rows)
+        return summarize(lines, prices)
 
     async def batch_budget_seed(
         self, batch_id: uuid.UUID, prices: PriceTable | None = None
@@ -389,6 +402,7 @@ def _done_tuple(r: DoneRow) -> tuple[object, ...]:
         r.cache_read_tokens,
         r.calls,
         r.calls_429,
+        r.batch_api,
     )
 
 

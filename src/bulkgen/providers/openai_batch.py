@@ -60,6 +60,7 @@ __all__ = [
     "RowResult",
     "build_input_files",
     "parse_results",
+    "request_line",
 ]
 
 ENDPOINT = "/v1/chat/completions"
@@ -99,7 +100,7 @@ class InputFile:
     content: bytes
 
 
-def _line(custom_id: str, request: ChatRequest) -> bytes:
+def request_line(custom_id: str, request: ChatRequest) -> bytes:
     """The request exactly as an online call sends it (see ``OpenAICompatProvider``)."""
     body: dict[str, Any] = {
         "model": request.model,
@@ -129,7 +130,7 @@ def build_input_files(
         if custom_id in seen:
             raise ValueError(f"custom_id {custom_id!r} appears twice")
         seen.add(custom_id)
-        line = _line(custom_id, request)
+        line = request_line(custom_id, request)
         if len(line) > limits.max_bytes:
             raise InputError(
                 f"request {custom_id} takes {len(line):,} bytes, more than the "

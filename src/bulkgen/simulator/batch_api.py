@@ -22,6 +22,7 @@ the first time it is seen ended, so a batch nobody looks at costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -118,6 +119,9 @@ class BatchApi:
             status, body, content_type = await self._route(scope, parts, query, receive)
         except ApiError as exc:
             status, body, content_type = exc.status, exc.body(), _JSON
+        delay_s = self._config.batch.answer_delay_s.get(_call_name(scope["method"], parts), 0.0)
+        if delay_s > 0:  # the call took effect; its answer waits (see BATCH_DELAYED_ANSWERS)
+            await asyncio.sleep(delay_s)
         await respond(send, status, body, content_type=content_type)
 
     async def _route(
@@ -308,6 +312,18 @@ class BatchApi:
         newest_first = list(self._batches.values())[::-1]
         page, has_more = _page(newest_first, lambda b: b.id, query, default_limit=20, max_limit=100)
         return _list_body([self._view(batch) for batch in page], has_more)
+
+
+def _call_name(method: str, parts: list[str]) -> str:
+    """The name :data:`~bulkgen.simulator.config.BATCH_DELAYED_ANSWERS` gives a call."""
+    match method, parts:
+        case "POST", ["files"]:
+            return "upload"
+        case "POST", ["batches"]:
+            return "create"
+        case "GET", ["files", _, "content"]:
+            return "content"
+    return ""
 
 
 def _ok(body: dict[str, Any]) -> tuple[int, bytes, bytes]:

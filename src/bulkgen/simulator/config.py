@@ -44,6 +44,12 @@ faulty content (an ordinary answer in the output file). Connection faults, 429s 
 gateway faults belong to a live HTTP call and have no meaning for a row."""
 
 
+BATCH_DELAYED_ANSWERS: tuple[str, ...] = ("upload", "create", "content")
+"""Batch API calls whose answer can be held back after the call took effect: a client that
+dies meanwhile leaves a file uploaded, a batch created or a download served that it never
+heard of, as a client killed at that moment against a real provider does."""
+
+
 class ConfigError(ValueError):
     """A simulator setting is out of range or unknown; the message names it."""
 
@@ -70,9 +76,12 @@ class BatchConfig:
     enqueued_tokens: int | None = 2_000_000  # prompt tokens of unfinished batches, per model
     files_max_bytes: int = 1024 * 1024 * 1024  # everything the file store holds
     faults: Mapping[str, float] = field(default_factory=dict)  # BATCH_FAULT_KINDS -> rate
+    # BATCH_DELAYED_ANSWERS -> wall seconds the answer waits once the call took effect.
+    answer_delay_s: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", dict(self.faults))
+        object.__setattr__(self, "answer_delay_s", dict(self.answer_delay_s))
         _validate_batch(self)
 
 
@@ -120,6 +129,7 @@ class SimConfig:
         data["faults"] = dict(self.faults)
         data["api_key"] = None if self.api_key is None else "***"
         data["batch"]["faults"] = dict(self.batch.faults)
+        data["batch"]["answer_delay_s"] = dict(self.batch.answer_delay_s)
         return data
 
 
@@ -181,6 +191,14 @@ def _validate_batch(config: BatchConfig) -> None:
             known = ", ".join(BATCH_FAULT_KINDS)
             raise ConfigError(f"unknown batch fault kind {kind!r}; known kinds: {known}")
         check_fault(kind, rate)
+    for call, delay_s in config.answer_delay_s.items():
+        if call not in BATCH_DELAYED_ANSWERS:
+            known = ", ".join(BATCH_DELAYED_ANSWERS)
+            raise ConfigError(f"batch.answer_delay_s: unknown call {call!r}; known: {known}")
+        if not _finite_at_least(delay_s, 0.0):
+            raise ConfigError(
+                f"batch.answer_delay_s.{call} must be a finite number >= 0, got {delay_s!r}"
+            )
 
 
 def _finite_at_least(value: object, low: float) -> bool:
@@ -250,8 +268,9 @@ def _batch_changed(batch: BatchConfig, changes: object) -> BatchConfig:
     unknown = sorted(set(changes) - names)
     if unknown:
         raise ConfigError(f"unknown batch config field(s): {', '.join(unknown)}")
-    if "faults" in changes and not isinstance(changes["faults"], Mapping):
-        raise ConfigError("batch.faults must be an object of kind -> rate")
+    for name in ("faults", "answer_delay_s"):
+        if name in changes and not isinstance(changes[name], Mapping):
+            raise ConfigError(f"batch.{name} must be an object of name -> number")
     try:
         return dataclasses.replace(batch, **changes)
     except TypeError as exc:

@@ -171,6 +171,7 @@ def test_the_command_line_rebuilds_the_batch_settings(monkeypatch: pytest.Monkey
         time_scale=3600.0, requests_per_s=7.5, validating_s=0.0, finalizing_s=3.0,
         window_s=600.0, max_requests=99, max_input_bytes=12_345, enqueued_tokens=None,
         files_max_bytes=65_536, faults={"502": 0.25, "empty": 0.5},
+        answer_delay_s={"create": 30.0, "content": 0.5},
     )  # fmt: skip
     config = SimConfig(batch=batch, faults={})
     app = typer.Typer()
@@ -180,3 +181,7 @@ def test_the_command_line_rebuilds_the_batch_settings(monkeypatch: pytest.Monkey
     assert served[0].batch == batch
     refused = CliRunner().invoke(app, ["--batch-fault-rate=hang=0.1"])
     assert refused.exit_code == 2 and "batch fault" in refused.output
+    bad_delays = (("poll=1", "unknown call 'poll'"), ("create=-1", ">= 0"), ("create", "CALL="))
+    for bad, said in bad_delays:
+        refused = CliRunner().invoke(app, [f"--batch-answer-delay={bad}"])
+        assert refused.exit_code == 2 and said in refused.output, refused.output

@@ -15,6 +15,7 @@ from bulkgen.simulator.config import (
     BatchConfig,
     ConfigError,
     SimConfig,
+    parse_answer_delay,
     parse_fault_rate,
 )
 from bulkgen.simulator.server import serve
@@ -92,6 +93,14 @@ def simulate(
             help="KIND=RATE for batch rows, repeatable, e.g. --batch-fault-rate 503=0.01."
         ),
     ] = None,
+    batch_answer_delay: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="CALL=SECONDS, repeatable: hold the answer to a Batch API call (upload, "
+            "create, content) that long after it took effect, e.g. --batch-answer-delay "
+            "create=30.",
+        ),
+    ] = None,
     managed: Annotated[
         bool, typer.Option(hidden=True, help="Run by a parent process: ignore SIGINT.")
     ] = False,
@@ -106,6 +115,7 @@ def simulate(
             max_input_bytes=batch_max_input_bytes, enqueued_tokens=batch_enqueued_tokens or None,
             files_max_bytes=batch_files_max_bytes,
             faults=dict(parse_fault_rate(item) for item in batch_fault_rate or []),
+            answer_delay_s=dict(parse_answer_delay(item) for item in batch_answer_delay or []),
         )  # fmt: skip
         config = SimConfig(
             rpm=rpm, tpm=tpm, burst_s=burst_s, ttft_ms=latency_ms, tokens_per_s=tokens_per_s,

@@ -232,6 +232,17 @@ def parse_fault_rate(text: str) -> tuple[str, float]:
     return kind.strip(), rate
 
 
+def parse_answer_delay(text: str) -> tuple[str, float]:
+    """Parse one ``CALL=SECONDS`` option, e.g. ``create=30``; the config checks the call."""
+    call, sep, raw_delay = text.partition("=")
+    if not sep:
+        raise ConfigError(f"expected CALL=SECONDS (e.g. create=30), got {text!r}")
+    try:
+        return call.strip(), float(raw_delay)
+    except ValueError:
+        raise ConfigError(f"answer delay in {text!r} is not a number") from None
+
+
 def apply_changes(config: SimConfig, changes: Mapping[str, Any]) -> SimConfig:
     """Return a new config with ``changes`` applied; ``faults`` is replaced as a whole.
 

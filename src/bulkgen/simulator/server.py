@@ -150,6 +150,7 @@ def config_to_args(config: SimConfig) -> list[str]:
         f"--batch-files-max-bytes={batch.files_max_bytes}",
     ]
     args += [f"--batch-fault-rate={kind}={rate}" for kind, rate in batch.faults.items()]
+    args += [f"--batch-answer-delay={call}={s}" for call, s in batch.answer_delay_s.items()]
     faults = config.faults or {"503": 0.0}  # an explicit zero overrides the CLI default
     args += [f"--fault-rate={kind}={rate}" for kind, rate in faults.items()]
     args += [f"--model={model}" for model in config.models]

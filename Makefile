@@ -42,6 +42,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/markdown.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/economy.py
 
 # Ten minutes or more: 20,000 jobs through a fleet losing a worker every 20 s.
 bench-soak: $(STAMP)

@@ -1,4 +1,5 @@
-"""Live progress of a batch (Rich bars: done, failed, queued, rate, ETA), read from the
+"""Live progress of a batch (Rich bars: done, failed, queued, running, and for an economy
+batch its jobs waiting for or held by the provider's Batch API; rate, ETA), read from the
 database by polling, so it works the same for a worker in this process or on a fleet."""
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ async def batch_progress(
             progress.update(rows["failed"], completed=counts.get(JobStatus.FAILED))
             progress.update(rows["queued"], completed=counts.get(JobStatus.QUEUED))
             progress.update(rows["running"], completed=counts.running)
+            batched = counts.get(JobStatus.BATCHED)
+            if batched and "batched" not in rows:  # an economy batch: jobs at the provider
+                rows["batched"] = progress.add_task("batched", total=total, rate="", eta="")
+            if "batched" in rows:
+                progress.update(rows["batched"], completed=batched)
 
     async def refresh() -> None:
         while True:

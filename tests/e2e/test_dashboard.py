@@ -31,6 +31,7 @@ from bulkgen.metrics import Metrics
 from bulkgen.service import Services, open_services
 from bulkgen.settings import Settings
 from bulkgen.simulator import SimConfig, running_simulator
+from bulkgen.simulator.config import BatchConfig
 
 from ..integration.pipeline_support import make_settings
 
@@ -205,3 +206,55 @@ async def test_sign_in_follow_a_batch_to_the_end_and_read_its_failures_and_artic
         finally:
             await browser.close()
     print(f"screenshots in {ARTIFACTS}")
+
+
+async def drain_economy(database_url: str) -> None:
+    fast = SimConfig(
+        rpm=None, tpm=None, seed=7, batch=BatchConfig(time_scale=20.0, requests_per_s=5.0)
+    )
+    async with running_simulator(fast) as base_url:
+        settings = make_settings(
+            database_url, base_url, economy_tick_s=0.1, economy_poll_s=0.2, economy_max_poll_s=0.5
+        )
+        worker_services = await open_services(settings, metrics=Metrics())
+        try:
+            await worker_services.worker(burst=True).run()
+        finally:
+            await worker_services.aclose()
+
+
+async def test_an_economy_batch_shows_where_its_jobs_are_and_what_it_saved(
+    server: Server, database_url: str
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with httpx.AsyncClient(base_url=server.url) as api:
+        submitted = await api.post(
+            "/v1/batches",
+            json={"items": KEYWORDS, "options": {"max_tokens": 300}, "mode": "economy"},
+            headers={"Authorization": f"Bearer {server.key}"},
+        )
+    assert submitted.status_code == 201, submitted.text
+    batch_id = submitted.json()["id"]
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            page = await context.new_page()
+            await page.goto(server.url + "/")
+            await page.fill("#key", server.key)
+            await page.click("button[type=submit]")
+            await page.wait_for_selector(".batch-row")
+            assert await page.locator(".batch-row .chip", has_text="economy").count() == 1
+            await page.goto(f"{server.url}/batches/{batch_id}")
+            waiting = page.locator(".stat", has_text="Waiting / at the provider")
+            assert (await waiting.locator(".value").inner_text()).strip() == str(len(KEYWORDS))
+            await page.screenshot(path=ARTIFACTS / "8-economy-waiting.png", full_page=True)
+            await drain_economy(database_url)
+            await page.wait_for_selector(".state.ok", timeout=120_000)
+            await page.wait_for_selector(".articles a")  # the page reloaded with the end figures
+            saved = await page.locator("[data-stat=economy]").inner_text()
+            assert saved.startswith("$") and saved != "$0.0000", saved
+            assert (await waiting.locator(".value").inner_text()).strip() == "0"
+            await page.screenshot(path=ARTIFACTS / "9-economy-finished.png", full_page=True)
+        finally:
+            await browser.close()

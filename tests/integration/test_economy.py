@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +17,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from rich.console import Console
 
 from bulkgen.db.provider_batches import ProviderBatchStore
 from bulkgen.intake import JobInput
 from bulkgen.models import BatchMode
+from bulkgen.progress import batch_progress
 from bulkgen.service import Services, dry_run
 from bulkgen.simulator import SimConfig, running_simulator
 from bulkgen.simulator.config import BatchConfig
@@ -283,3 +286,15 @@ async def test_the_enqueued_token_limit_is_learned_and_costs_no_attempt(
     assert refused and all(r.completed == 0 for r in refused)
     assert attempts == 1  # waiting for room cost no attempt
     assert stats["batch"]["requests"] == 100  # refused batches ran nothing
+
+
+async def test_the_progress_bars_show_the_jobs_at_the_provider(database_url: str) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=100, force_terminal=False)
+    async with economy_services(database_url) as (svc, _url):
+        batch_id = await submit_economy(svc, [f"progress topic {i}" for i in range(30)])
+        async with batch_progress(svc.store, batch_id, 30, console, interval_s=0.05):
+            await drain(svc)
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("batched") and "0/30" in line for line in lines), lines
+    assert any(line.startswith("done") and "30/30" in line for line in lines), lines

@@ -52,6 +52,7 @@ function showFigures(batch) {
   const usage = batch.usage || {};
   setStat("cost", usd(usage.cost_usd));
   setStat("saved", usd(usage.saved_usd));
+  setStat("economy", usd(usage.economy_saved_usd));
   const hits = usage.cache_hits || 0;
   setStat("cache", count(hits), batch.total ? `(${((hits / batch.total) * 100).toFixed(1)}%)` : "");
   setStat("tokens", `${count(batch.prompt_tokens)} / ${count(batch.completion_tokens)}`);
@@ -106,7 +107,7 @@ function follow(block) {
     ended.textContent = String(data.done);
     const counts = data.counts || {};
     const live = { done: counts.done, failed: counts.failed, cancelled: counts.cancelled,
-      active: (counts.queued || 0) + (counts.generating || 0) };
+      active: (counts.queued || 0) + (counts.generating || 0) + (counts.batched || 0) };
     document.querySelectorAll("[data-count]").forEach((el) => {
       const value = live[el.dataset.count];
       if (typeof value === "number") el.textContent = String(value);

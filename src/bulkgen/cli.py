@@ -249,8 +249,8 @@ def submit(
         str | None,
         typer.Option(
             metavar="DURATION",
-            help="Economy mode: how long the batch may take, e.g. 24h, 90m, 2d "
-            "[default: BULKGEN_ECONOMY_DEADLINE_H, 24h].",
+            help="With --fallback-online: when what is still missing runs online, e.g. 6h, "
+            "90m, 2d [default: BULKGEN_ECONOMY_DEADLINE_H, 24h].",
         ),
     ] = None,
     fallback_online: Annotated[
@@ -304,6 +304,12 @@ def submit(
         err.print("[bold red]error:[/] --deadline and --fallback-online go with --mode economy")
         raise typer.Exit(2)
     deadline_h = _hours(deadline)
+    if deadline is not None and not fallback_online:
+        err.print(
+            "[bold red]error:[/] --deadline goes with --fallback-online: it says when what "
+            "is still missing runs online (without it, the provider's 24 hours apply)"
+        )
+        raise typer.Exit(2)
     settings = _settings(data_dir)
 
     async def body() -> None:

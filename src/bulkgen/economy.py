@@ -43,10 +43,17 @@ from bulkgen.cache.result import CachedResult
 from bulkgen.db.provider_batches import ProviderAnswer, ProviderBatchRow, ProviderBatchStore
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
 from bulkgen.db.writer import Outcome
-from bulkgen.errors import BulkgenError, InputError, ProviderError, StorageError
+from bulkgen.errors import (
+    BulkgenError,
+    InputError,
+    ProviderError,
+    RendererUnavailable,
+    RequestTooLarge,
+    StorageError,
+)
 from bulkgen.formatting import ParsedMarkdown, format_article, validate_completion
 from bulkgen.metrics import Metrics
-from bulkgen.models import ChatRequest, JobStatus
+from bulkgen.models import ChatRequest, Completion, JobStatus
 from bulkgen.pipeline import CHARS_PER_TOKEN, BatchPlan, Pipeline
 from bulkgen.pricing import PriceTable, PriceTier
 from bulkgen.providers.openai_batch import (
@@ -66,6 +73,7 @@ METADATA_KEY = "bulkgen_provider_batch"
 TOKEN_LIMIT = "token_limit_exceeded"  # a batch refused for the model's enqueued-token limit
 WRITE_CHUNK = 500  # outcomes per statement while an ended batch's answers are written
 RENDER_CHUNK = 64  # requests built at once while a provider batch is prepared
+MAX_STEP_FAILURES = 5  # failed steps in a row before a provider batch is given up
 
 T = TypeVar("T")
 
@@ -166,7 +174,12 @@ class Economy:
     # ------------------------------------------------------------ preparing and sending
 
     async def _prepare(
-        self, pb_id: uuid.UUID, jobs: Sequence[ClaimedJob], *, recovering_since: float | None
+        self,
+        pb_id: uuid.UUID,
+        jobs: Sequence[ClaimedJob],
+        *,
+        recovering_since: float | None,
+        failures: int = 0,
     ) -> None:
         """Build, upload and create the provider batch for ``jobs``; record it.
 
@@ -176,13 +189,8 @@ class Economy:
             if recovering_since is not None and await self._recover(pb_id, recovering_since):
                 return
             await self._send(pb_id, jobs)
-        except (ProviderError, StorageError) as exc:
-            self.metrics.inc("economy.step_failed")
-            logger.warning(
-                "economy.prepare_failed", extra={"provider_batch": str(pb_id), "error": str(exc)}
-            )
-            with contextlib.suppress(StorageError):
-                await self.batches.postponed(pb_id, self.worker_id, self.config.retry_s, str(exc))
+        except Exception as exc:
+            await self._step_failed(pb_id, exc, failures, lost=False)
 
     async def _recover(self, pb_id: uuid.UUID, created_at_s: float) -> bool:
         found = await self.client.find(
@@ -195,9 +203,7 @@ class Economy:
         for batch in extra:
             await self.client.cancel(batch.id)
         jobs = await self.batches.jobs(pb_id)
-        reserved = await self._worst_case(jobs)
-        requests = kept.total or len(jobs)
-        recorded = await self._record(pb_id, kept, requests=requests, reserved=reserved)
+        recorded = await self._record(pb_id, kept, requests=kept.total or len(jobs))
         logger.warning(
             "economy.recovered",
             extra={"provider_batch": str(pb_id), "provider_id": kept.id, "recorded": recorded},
@@ -205,31 +211,40 @@ class Economy:
         return True
 
     async def _send(self, pb_id: uuid.UUID, jobs: Sequence[ClaimedJob]) -> None:
-        lines, outcomes = await self._lines(jobs)
+        if not await self._still_sending(pb_id):
+            return
+        lines, outcomes = await self._lines(pb_id, jobs)
+        if lines is None:
+            return  # the lease was lost while the requests were built
+        if not await self._still_sending(pb_id):
+            return
         await self._write(pb_id, outcomes)
         lines, outcomes, waiting = await self._within_budget(pb_id, lines)
+        if lines is None:
+            return
         await self._write(pb_id, outcomes)
         pairs = ((str(ln.job.id), ln.request) for ln in lines)
         files = build_input_files(pairs, self.config.limits)
         sent = files[0] if files else None
         in_file = set() if sent is None else set(sent.custom_ids)
         later = [ln.job.id for ln in lines if str(ln.job.id) not in in_file]
-        await self.batches.jobs_return(pb_id, later, 0.0)  # the next provider batch takes them
-        await self.batches.jobs_return(pb_id, waiting, self.config.retry_s)
+        await self.batches.jobs_return(pb_id, self.worker_id, later, 0.0)  # the next one sends
+        await self.batches.jobs_return(pb_id, self.worker_id, waiting, self.config.retry_s)
         if sent is None:  # answered from the cache, failed, or waiting for money: nothing to send
             await self.batches.drop(pb_id, self.worker_id)
             return
-        reserved = sum((ln.worst_usd for ln in lines if str(ln.job.id) in in_file), Decimal(0))
-        if not await self.batches.extend(pb_id, self.worker_id, self.config.lease_s):
-            return  # another worker took it over: it sends
+        if not await self._still_sending(pb_id):
+            return
         file_id = await self.client.upload(sent, filename=f"{pb_id}.jsonl")
-        if not await self.batches.extend(pb_id, self.worker_id, self.config.lease_s):
+        if not await self._still_sending(pb_id):
             return
         batch = await self.client.create(file_id, metadata={METADATA_KEY: str(pb_id)})
-        if not await self._record(pb_id, batch, requests=len(sent.custom_ids), reserved=reserved):
-            # Another worker took the row over meanwhile and will find this batch, or send
-            # its own: either way ours must not run twice.
-            await self.client.cancel(batch.id)
+        if not await self._record(pb_id, batch, requests=len(sent.custom_ids)):
+            # Fenced out: another worker took the row over meanwhile. If it found this batch
+            # by its metadata, it recorded it and keeps it; otherwise it sends its own, and
+            # ours must not run beside it.
+            if await self.batches.provider_id(pb_id) != batch.id:
+                await self.client.cancel(batch.id)
             return
         self.metrics.inc("economy.provider_batches")
         logger.info(
@@ -241,9 +256,19 @@ class Economy:
             },
         )
 
-    async def _record(
-        self, pb_id: uuid.UUID, batch: ProviderBatch, *, requests: int, reserved: Decimal
-    ) -> bool:
+    async def _still_sending(self, pb_id: uuid.UUID) -> bool:
+        """Keep the lease before a step that sends; False when nothing more may be sent:
+        the lease went to another worker (it carries on), or the batch was cancelled or
+        went online (the jobs still held are given back, and the empty row dropped)."""
+        state = await self.batches.extend(pb_id, self.worker_id, self.config.lease_s)
+        if state == "stopping":
+            held = [job.id for job in await self.batches.jobs(pb_id)]
+            await self.batches.jobs_return(pb_id, self.worker_id, held, 0.0)
+            await self.batches.drop(pb_id, self.worker_id)
+            logger.info("economy.not_sent", extra={"provider_batch": str(pb_id)})
+        return state == "held"
+
+    async def _record(self, pb_id: uuid.UUID, batch: ProviderBatch, *, requests: int) -> bool:
         return await self.batches.submitted(
             pb_id,
             self.worker_id,
@@ -251,17 +276,21 @@ class Economy:
             input_file_id=batch.input_file_id,
             provider_status=batch.status,
             requests=requests,
-            reserved_usd=reserved,
             expires_at=batch.expires_at,
             poll_s=self.config.poll_s,
         )
 
-    async def _lines(self, jobs: Sequence[ClaimedJob]) -> tuple[list[_Line], list[Outcome]]:
+    async def _lines(
+        self, pb_id: uuid.UUID, jobs: Sequence[ClaimedJob]
+    ) -> tuple[list[_Line] | None, list[Outcome]]:
         """Each job's request, or its outcome when it needs none (a cache hit, a row whose
-        template cannot render)."""
+        template cannot render). The lease is kept while they are built; None: it was lost."""
         lines: list[_Line] = []
         outcomes: list[Outcome] = []
         for chunk in _chunks(jobs, RENDER_CHUNK):
+            state = await self.batches.extend(pb_id, self.worker_id, self.config.lease_s)
+            if state == "lost":
+                return None, []
             for job, built in zip(
                 chunk, await asyncio.gather(*(self._line(j) for j in chunk)), strict=True
             ):
@@ -281,8 +310,8 @@ class Economy:
         hit = await self.pipeline.singleflight.lookup(key)
         if hit is not None:
             parsed = self.pipeline.still_valid(hit)
-            if parsed is not None:
-                return _done(job, hit, key, parsed, cached=True, batch_api=False)
+            if parsed is not None:  # priced at batch prices: what the cache saved
+                return _done(job, hit, key, parsed, cached=True, batch_api=True)
         size = len(request_line(str(job.id), request))
         if size > self.config.limits.max_bytes:
             message = (
@@ -306,31 +335,45 @@ class Economy:
 
     async def _within_budget(
         self, pb_id: uuid.UUID, lines: list[_Line]
-    ) -> tuple[list[_Line], list[Outcome], list[int]]:
+    ) -> tuple[list[_Line] | None, list[Outcome], list[int]]:
         """(lines the batch's cap holds, outcomes of jobs it never could, ids of jobs that
         wait for money held by provider batches, this one's included). No cap: all go.
+        None: the lease was lost.
 
         A provider batch holds the worst case of its requests until its answers are
         written; the answers usually cost less, so the jobs that did not fit wait for that.
         Only when nothing is held any more and not even one request fits do they end
-        ``cancelled`` (``budget_exceeded``), as online jobs do."""
+        ``cancelled`` (``budget_exceeded``), as online jobs do. The hold is written in the
+        same transaction that reads the room, with the batch row locked."""
         if not lines:
             return lines, [], []
         batch_id = lines[0].job.batch_id
-        cap, held = await self.batches.budget_room(batch_id, pb_id)
-        if cap is None:
-            return lines, [], []
-        spent = (await self.store.batch_usage(batch_id, self.prices)).cost_usd
-        room = cap - spent - held
         kept: list[_Line] = []
-        for line in lines:
-            if line.worst_usd > room:
-                break
-            kept.append(line)
-            room -= line.worst_usd
+        room_left = Decimal(0)
+        capped = False
+
+        async def choose(cap: Decimal | None, held: Decimal) -> Decimal:
+            nonlocal room_left, capped
+            kept.clear()
+            if cap is None:
+                kept.extend(lines)
+                return Decimal(0)
+            capped = True
+            spent = (await self.store.batch_usage(batch_id, self.prices)).cost_usd
+            room_left = cap - spent - held
+            for line in lines:
+                if line.worst_usd > room_left:
+                    break
+                kept.append(line)
+                room_left -= line.worst_usd
+            return sum((ln.worst_usd for ln in kept), Decimal(0))
+
+        if not await self.batches.reserve(batch_id, pb_id, self.worker_id, choose):
+            return None, [], []
         rest = lines[len(kept) :]
-        if not rest:
+        if not capped or not rest:
             return kept, [], []
+        held = await self.batches.held(batch_id)  # this provider batch's hold included
         if kept or held > 0:  # money comes back when those batches' answers are written
             return kept, [], [ln.job.id for ln in rest]
         self.metrics.inc("jobs.cancelled", len(rest), error_kind="budget_exceeded")
@@ -343,9 +386,51 @@ class Economy:
         ]
         return kept, over, []
 
-    async def _worst_case(self, jobs: Sequence[ClaimedJob]) -> Decimal:
-        lines, _ = await self._lines(jobs)
-        return sum((ln.worst_usd for ln in lines), Decimal(0))
+    async def _step_failed(
+        self, pb_id: uuid.UUID, exc: BaseException, failures: int, *, lost: bool
+    ) -> None:
+        """A step that failed is tried again after ``retry_s``. A provider that refuses it
+        (not retryable), or fails it ``MAX_STEP_FAILURES`` times in a row, ends the
+        provider batch: its jobs go through the retry rules (an attempt each), so no job
+        waits on a provider batch forever. ``lost``: the provider batch had been created,
+        and can no longer be followed; its jobs are retried whatever the error said
+        about the batch, which says nothing about them."""
+        self.metrics.inc("economy.step_failed")
+        known = isinstance(exc, ProviderError | StorageError | RendererUnavailable)
+        if known:
+            logger.warning(
+                "economy.step_failed", extra={"provider_batch": str(pb_id), "error": str(exc)}
+            )
+        else:
+            logger.exception("economy.step_crashed", extra={"provider_batch": str(pb_id)})
+        error = f"{type(exc).__name__}: {exc}"
+        give_up = isinstance(exc, ProviderError) and (
+            not exc.retryable or failures + 1 >= MAX_STEP_FAILURES
+        )
+        try:
+            if give_up and isinstance(exc, ProviderError):
+                if lost:
+                    exc = ProviderError(f"the provider batch could not be followed: {error}")
+                await self._give_up(pb_id, exc)
+            else:
+                await self.batches.postponed(pb_id, self.worker_id, self.config.retry_s, error)
+        except StorageError as storage:
+            logger.warning("economy.step_failed", extra={"error": str(storage)})
+
+    async def _give_up(self, pb_id: uuid.UUID, exc: ProviderError) -> None:
+        """End the provider batch (this worker still holds its lease): its jobs go through
+        the retry rules with ``exc``, and the row is dropped or marked processed."""
+        jobs = await self.batches.jobs(pb_id)
+        outcomes = [_claimed(self.pipeline.on_error(job, exc), job) for job in jobs]
+        await self._write(pb_id, outcomes)
+        answer = ProviderAnswer("abandoned", 0, 0, None, None)
+        why = f"given up: {type(exc).__name__}: {exc}"
+        if not await self.batches.drop(pb_id, self.worker_id):
+            await self.batches.processed(pb_id, self.worker_id, answer, why[:2000])
+        logger.error(
+            "economy.given_up",
+            extra={"provider_batch": str(pb_id), "jobs": len(jobs), "error": str(exc)},
+        )
 
     # ------------------------------------------------------------ polling and answers
 
@@ -353,11 +438,16 @@ class Economy:
         try:
             if row.state == "preparing":
                 jobs = await self.batches.jobs(row.id)
-                await self._prepare(row.id, jobs, recovering_since=row.created_at.timestamp())
+                await self._prepare(
+                    row.id,
+                    jobs,
+                    recovering_since=row.created_at.timestamp(),
+                    failures=row.failures,
+                )
                 return
-            assert row.provider_id is not None  # submitted rows have one (CHECKed by flow)
+            assert row.provider_id is not None  # submitted rows have one
             batch = await self.client.retrieve(row.provider_id)
-            if row.cancel_requested and not batch.ended:
+            if row.stopping and not batch.ended and batch.status != "cancelling":
                 batch = await self.client.cancel(batch.id)
                 logger.info("economy.cancelled", extra={"provider_batch": str(row.id)})
             if not batch.ended:
@@ -366,13 +456,8 @@ class Economy:
                 await self.batches.polled(row.id, self.worker_id, _answer(batch), interval)
                 return
             await self._process(row, batch)
-        except (ProviderError, StorageError) as exc:
-            self.metrics.inc("economy.step_failed")
-            logger.warning(
-                "economy.step_failed", extra={"provider_batch": str(row.id), "error": str(exc)}
-            )
-            with contextlib.suppress(StorageError):
-                await self.batches.postponed(row.id, self.worker_id, self.config.retry_s, str(exc))
+        except Exception as exc:
+            await self._step_failed(row.id, exc, row.failures, lost=True)
 
     async def _process(self, row: ProviderBatchRow, batch: ProviderBatch) -> None:
         """Write an ended batch's answers, a chunk at a time, then mark it processed."""
@@ -380,16 +465,21 @@ class Economy:
         jobs = await self.batches.jobs(row.id)
         why = "; ".join(batch.errors) or f"the provider batch ended {batch.status}"
         self._learn(batch, len(jobs))
+        unrecorded = Decimal(0)
         for chunk in _chunks(jobs, WRITE_CHUNK):
-            outcomes = [
-                _claimed(await self._outcome(job, results.get(str(job.id)), batch, why), job)
-                for job in chunk
-            ]
-            await self._write(row.id, outcomes)
-            if not await self.batches.extend(row.id, self.worker_id, self.config.lease_s):
+            if await self.batches.extend(row.id, self.worker_id, self.config.lease_s) == "lost":
                 return  # taken over: the rest is written by the new holder, fenced
+            outcomes: list[Outcome] = []
+            for job in chunk:
+                result = results.get(str(job.id))
+                outcome = await self._outcome(job, result, batch, why, len(jobs))
+                if isinstance(outcome, RetryRow) and isinstance(result, RowAnswered):
+                    unrecorded += self._billed(result.completion, row.model)
+                outcomes.append(_claimed(outcome, job))
+            await self._write(row.id, outcomes)
         errors = "; ".join(batch.errors) or None
-        await self.batches.processed(row.id, self.worker_id, _answer(batch), errors)
+        answer = _answer(batch)
+        await self.batches.processed(row.id, self.worker_id, answer, errors, unrecorded)
         self.metrics.inc("economy.processed")
         logger.info(
             "economy.processed",
@@ -401,13 +491,27 @@ class Economy:
             },
         )
 
+    def _billed(self, completion: Completion, model: str) -> Decimal:
+        """What an answer cost at batch prices: a rejected one keeps no job row's tokens."""
+        return self.prices.cost_usd(
+            completion.model or model, completion.usage, tier=PriceTier.BATCH
+        )
+
     async def _outcome(
-        self, job: ClaimedJob, result: RowResult | None, batch: ProviderBatch, why: str
+        self,
+        job: ClaimedJob,
+        result: RowResult | None,
+        batch: ProviderBatch,
+        why: str,
+        requests: int,
     ) -> Outcome:
+        """The outcome of one job of an ended provider batch of ``requests`` jobs."""
         if isinstance(result, RowFailed):
             return _stamped(self.pipeline.on_error(job, result.error), result.error)
         if result is None and batch.status == "failed":  # refused whole, nothing ran
             if any(error.startswith(TOKEN_LIMIT) for error in batch.errors):
+                if requests <= 1:  # alone, the request is more than the limit allows
+                    return self.pipeline.on_error(job, RequestTooLarge(why))
                 return RetryRow(job.id, self.config.retry_s, 0, 0, False, "batch_token_limit", why)
             return self.pipeline.on_error(job, ProviderError(why))
         if not isinstance(result, RowAnswered):  # never ran: expired, cancelled, missing

@@ -172,7 +172,7 @@ class Services:
             budget_usd=budget_usd,
             idempotency=idempotency,
             mode=mode,
-            deadline_s=_deadline_s(mode, deadline_h, self.settings),
+            deadline_s=_deadline_s(mode, deadline_h, fallback_online, self.settings),
             fallback_online=fallback_online,
         )
 
@@ -213,10 +213,19 @@ class Services:
         await self._closers.aclose()
 
 
-def _deadline_s(mode: BatchMode, deadline_h: float | None, settings: Settings) -> float | None:
-    if mode != BatchMode.ECONOMY:
-        if deadline_h is not None:
-            raise ConfigError("a deadline applies to economy batches only (--mode economy)")
+def _deadline_s(
+    mode: BatchMode, deadline_h: float | None, fallback_online: bool, settings: Settings
+) -> float | None:
+    """Seconds from now until what is missing goes online; None: no deadline (an online
+    batch, or an economy batch that takes whatever time the provider takes)."""
+    if mode != BatchMode.ECONOMY and (deadline_h is not None or fallback_online):
+        raise ConfigError("a deadline and its fallback apply to economy batches only")
+    if deadline_h is not None and not fallback_online:
+        raise ConfigError(
+            "a deadline needs the fallback to online (--fallback-online): without it an "
+            "economy batch takes the time the provider takes"
+        )
+    if not fallback_online:
         return None
     hours = settings.economy_deadline_h if deadline_h is None else deadline_h
     if not 0 < hours <= 24 * 365:

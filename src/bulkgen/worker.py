@@ -133,6 +133,7 @@ class Worker:
         )
         self.tally = WorkerTally()
         self.economy: Economy | None = None  # set by the service when it can send batches
+        self._warned_economy = False
         self._inflight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._running = 0  # jobs in flight that have not handed their outcome over yet
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
@@ -244,11 +245,18 @@ class Worker:
         return max(1, min(self.config.concurrency_auto_max, wanted + max(2, wanted // 4)))
 
     async def _queue_is_empty(self) -> bool:
-        """No job left to run anywhere, and no provider batch left to finish."""
+        """No job left that this worker can run, and no provider batch left to finish. A
+        worker without economy mode (given a provider of its own in code) cannot send an
+        economy batch's jobs: it says so once and does not wait for them."""
         try:
-            if await self.store.jobs_pending() > 0:
+            if await self.store.jobs_pending(economy=self.economy is not None) > 0:
                 return False
-            return self.economy is None or await self.economy.batches.open_count() == 0
+            if self.economy is not None:
+                return await self.economy.batches.open_count() == 0
+            if not self._warned_economy and await self.store.jobs_pending() > 0:
+                self._warned_economy = True
+                logger.warning("worker.economy_unavailable")
+            return True
         except StorageError:
             return False
 

@@ -68,6 +68,7 @@ async def test_a_bad_item_is_named_by_row_and_field(
         ({"items": ["a"], "deadline_h": 6}, "invalid_request", "deadline_h"),
         ({"items": ["a"], "fallback_online": True}, "invalid_request", "fallback_online"),
         ({"items": ["a"], "mode": "economy", "deadline_h": 0}, "invalid_request", "deadline_h"),
+        ({"items": ["a"], "mode": "economy", "deadline_h": 6}, "invalid_request", "deadline_h"),
         ({"options": {}}, "invalid_request", "items"),
         ([1, 2], "invalid_request", None),
     ],
@@ -176,7 +177,7 @@ async def test_a_csv_upload_goes_through_the_cli_intake(api: Api) -> None:
 
 
 async def test_an_economy_batch_by_json_and_by_upload(api: Api) -> None:
-    body = {"items": ["alpha", "beta"], "mode": "economy", "deadline_h": 6}
+    body = {"items": ["alpha", "beta"], "mode": "economy", "deadline_h": 6, "fallback_online": True}
     by_json = await api.client.post("/v1/batches", json=body, headers=api.acme)
     assert by_json.status_code == 201, by_json.text
     by_form = await api.client.post(
@@ -192,7 +193,7 @@ async def test_an_economy_batch_by_json_and_by_upload(api: Api) -> None:
         " FROM batches b JOIN jobs j ON j.batch_id = b.id GROUP BY b.id ORDER BY b.created_at"
     )
     assert [(r["mode"], r["fallback_online"], r["statuses"]) for r in rows] == [
-        ("economy", False, ["batched"]),
+        ("economy", True, ["batched"]),
         ("economy", True, ["batched"]),
     ]
     assert [r["window"].total_seconds() for r in rows] == [6 * 3600, 24 * 3600]

@@ -252,6 +252,10 @@ def test_an_economy_batch_from_the_command_line(database_url: str, tmp_path: Pat
     assert bad.returncode == 2 and "--deadline takes a duration such as 24h" in bad.stderr
     online_deadline = _bulkgen("submit", str(keywords), "--deadline", "2h", env=env)
     assert online_deadline.returncode == 2 and "go with --mode economy" in online_deadline.stderr
+    no_fallback = _bulkgen(
+        "submit", str(keywords), "--mode", "economy", "--deadline", "2h", env=env
+    )
+    assert no_fallback.returncode == 2 and "goes with --fallback-online" in no_fallback.stderr
     submitted = _bulkgen(
         "submit",
         str(keywords),
@@ -259,6 +263,7 @@ def test_an_economy_batch_from_the_command_line(database_url: str, tmp_path: Pat
         "economy",
         "--deadline",
         "90m",
+        "--fallback-online",
         "--max-tokens",
         "600",
         env=env,

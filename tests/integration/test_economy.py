@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +22,11 @@ from rich.console import Console
 
 from bulkgen.db.provider_batches import ProviderBatchStore
 from bulkgen.intake import JobInput
+from bulkgen.metrics import Metrics
 from bulkgen.models import BatchMode
 from bulkgen.progress import batch_progress
-from bulkgen.service import Services, dry_run
+from bulkgen.providers import OpenAICompatProvider
+from bulkgen.service import Services, dry_run, open_services
 from bulkgen.simulator import SimConfig, running_simulator
 from bulkgen.simulator.config import BatchConfig
 from bulkgen.simulator.control import sim_configure, sim_stats
@@ -148,7 +151,7 @@ async def test_cache_hits_never_reach_the_provider(database_url: str) -> None:
         stats = await sim_stats(url)
     checks = await table_checks(database_url, second)
     assert checks["done"] == checks["results"] == 40
-    assert checks["cached"] == 30 and checks["batch_api"] == 10
+    assert checks["cached"] == 30 and checks["batch_api"] == 40  # hits priced as economy
     assert stats["batch"]["requests"] == 40 and stats["requests"] == 0
     assert (await table_checks(database_url, first))["done"] == 30
 
@@ -298,3 +301,109 @@ async def test_the_progress_bars_show_the_jobs_at_the_provider(database_url: str
     lines = out.getvalue().splitlines()
     assert any(line.startswith("batched") and "0/30" in line for line in lines), lines
     assert any(line.startswith("done") and "30/30" in line for line in lines), lines
+
+
+async def test_a_provider_batch_the_provider_lost_is_given_up_and_its_jobs_sent_again(
+    database_url: str,
+) -> None:
+    """The provider answers 404 for a batch it no longer knows (here: another simulator):
+    the provider batch is given up, its jobs burn an attempt and go into a new one."""
+    paused = dataclasses.replace(FAST, time_scale=0.0)  # the first batch never ends
+    async with economy_services(database_url, paused) as (svc, _url):
+        batch_id = await submit_economy(svc, [f"lost topic {i}" for i in range(10)])
+        worker = svc.worker(burst=True)
+        run = asyncio.create_task(worker.run())
+        pbs = ProviderBatchStore(svc.store.pool)
+        while [r.state for r in await pbs.of_batch(batch_id)] != ["submitted"]:
+            assert not run.done()
+            await asyncio.sleep(0.05)
+        worker.stop()
+        await asyncio.wait_for(run, timeout=60)
+    async with economy_services(database_url) as (svc, url):  # a provider that never saw it
+        await drain(svc)
+        rows = await ProviderBatchStore(svc.store.pool).of_batch(batch_id)
+        attempts = await svc.store.pool.fetch(
+            "SELECT DISTINCT attempts FROM jobs WHERE batch_id = $1", batch_id
+        )
+        stats = await sim_stats(url)
+    checks = await table_checks(database_url, batch_id)
+    assert checks["done"] == checks["results"] == 10
+    lost, *resent = [r.provider_status for r in rows]
+    assert lost == "abandoned" and resent and set(resent) == {"completed"}
+    assert [a["attempts"] for a in attempts] == [2]  # the lost batch cost each job one
+    assert stats["batch"]["batch_creates"] == len(resent) and stats["batch"]["requests"] == 10
+
+
+async def test_a_cancel_while_the_file_uploads_sends_nothing(database_url: str) -> None:
+    held = dataclasses.replace(FAST, answer_delay_s={"upload": 1.0})
+    async with economy_services(database_url, held) as (svc, url):
+        batch_id = await submit_economy(svc, [f"stopped topic {i}" for i in range(20)])
+        run = asyncio.create_task(svc.worker(burst=True).run())
+        while (await sim_stats(url))["batch"]["file_uploads"] < 1:
+            assert not run.done()
+            await asyncio.sleep(0.02)
+        await svc.store.batch_cancel(batch_id)  # the upload took effect, its answer is held
+        await asyncio.wait_for(run, timeout=60)
+        stats = await sim_stats(url)
+        counts = await statuses(svc, batch_id)
+        rows = await ProviderBatchStore(svc.store.pool).of_batch(batch_id)
+    assert counts == {"cancelled": 20}
+    assert stats["batch"]["batch_creates"] == 0 and rows == []
+
+
+async def test_two_provider_batches_of_one_batch_never_hold_the_same_room(
+    database_url: str,
+) -> None:
+    """Two workers reserve for two provider batches of one capped batch at once: the
+    second sees what the first holds."""
+    async with economy_services(database_url) as (svc, _url):
+        rows = [
+            JobInput(f"room topic {i}", {}, {"model": m})
+            for i in range(2)
+            for m in ("gpt-4o", "gpt-4o-mini")
+        ]
+        batch_id = await svc.submit(
+            rows,
+            svc.batch_options(max_tokens=400),
+            account="acme",
+            mode=BatchMode.ECONOMY,
+            budget_usd=Decimal("1.00"),
+        )
+        pbs = ProviderBatchStore(svc.store.pool)
+        workers = [uuid.uuid4(), uuid.uuid4()]
+        taken = [await pbs.dispatch(worker, max_requests=10, lease_s=30) for worker in workers]
+        assert all(t is not None for t in taken)
+
+        async def reserve(worker: uuid.UUID, pb_id: uuid.UUID) -> None:
+            async def choose(cap: Decimal | None, held: Decimal) -> Decimal:
+                await asyncio.sleep(0.2)  # both are deciding at the same time
+                assert cap is not None
+                return min(Decimal("0.75"), cap - held)
+
+            assert await pbs.reserve(batch_id, pb_id, worker, choose)
+
+        await asyncio.gather(
+            *(reserve(w, t[0]) for w, t in zip(workers, taken, strict=True) if t is not None)
+        )
+        reserved = await svc.store.pool.fetch(
+            "SELECT reserved_usd FROM provider_batches ORDER BY reserved_usd DESC"
+        )
+    assert [r["reserved_usd"] for r in reserved] == [Decimal("0.75"), Decimal("0.25")]
+
+
+async def test_a_worker_that_cannot_send_economy_jobs_says_so_and_does_not_wait(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_simulator(SimConfig(rpm=None, tpm=None, batch=FAST)) as url:
+        settings = make_settings(database_url, url)
+        provider = OpenAICompatProvider(url, "sk-test", timeout_s=10)
+        svc = await open_services(settings, provider=provider, metrics=Metrics())
+        try:
+            batch_id = await submit_economy(svc, ["waiting topic"])
+            with caplog.at_level(logging.WARNING, logger="bulkgen.worker"):
+                await asyncio.wait_for(svc.worker(burst=True).run(), timeout=60)
+            assert await statuses(svc, batch_id) == {"batched": 1}
+        finally:
+            await svc.aclose()
+            await provider.aclose()
+    assert any(r.message == "worker.economy_unavailable" for r in caplog.records)

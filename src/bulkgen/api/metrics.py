@@ -33,6 +33,7 @@ bulkgen_jobs_done_total{cached="False"} 42.0
 # TYPE bulkgen_jobs gauge
 bulkgen_jobs{status="queued"} 158.0
 bulkgen_jobs{status="generating"} 8.0
+bulkgen_jobs{status="batched"} 0.0
 """
 
 

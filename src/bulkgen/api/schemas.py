@@ -106,8 +106,8 @@ class BatchRequest(BaseModel):
     )
     deadline_h: DeadlineHours | None = Field(
         None,
-        description="Economy mode: hours the batch may take (default: the server's "
-        "BULKGEN_ECONOMY_DEADLINE_H, 24).",
+        description="With fallback_online: hours after which what is still missing runs "
+        "online (default: the server's BULKGEN_ECONOMY_DEADLINE_H, 24).",
     )
     fallback_online: bool = Field(
         False, description="Economy mode: at the deadline, run what is still missing online."

@@ -127,6 +127,11 @@ def _delivery(mode: BatchMode, deadline_h: float | None, fallback: bool) -> dict
     if mode != BatchMode.ECONOMY and (deadline_h is not None or fallback):
         field = "deadline_h" if deadline_h is not None else "fallback_online"
         raise _invalid(f"{field} applies to economy batches only (mode: economy)", field=field)
+    if deadline_h is not None and not fallback:
+        raise _invalid(
+            "deadline_h says when what is missing runs online: it needs fallback_online",
+            field="deadline_h",
+        )
     if mode == BatchMode.ONLINE:
         return {}  # the digest of an online request stays what it always was
     return {"mode": str(mode), "deadline_h": deadline_h, "fallback_online": fallback}

@@ -9,11 +9,11 @@ owner, by the same fenced statements as a worker's jobs.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -39,10 +39,11 @@ class ProviderBatchRow:
     completed: int
     failed: int
     reserved_usd: Decimal
-    cancel_requested: bool
     created_at: datetime
     expires_at: datetime | None
     poll_interval_s: float
+    failures: int  # steps failed in a row
+    stopping: bool  # its batch was cancelled or went online: send nothing, cancel at provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +83,23 @@ class ProviderBatchStore:
             row = await self.pool.fetchrow(q.PROVIDER_BATCH_LEASE, worker_id, lease_s)
         return ProviderBatchRow(**dict(row)) if row else None
 
-    async def extend(self, pb_id: uuid.UUID, worker_id: uuid.UUID, lease_s: float) -> bool:
+    async def extend(
+        self, pb_id: uuid.UUID, worker_id: uuid.UUID, lease_s: float
+    ) -> Literal["held", "stopping", "lost"]:
+        """Keep the lease: ``lost`` when another worker has it now, ``stopping`` when the
+        batch was cancelled or went online meanwhile (nothing more may be sent)."""
         async with translate_errors("extending a provider batch lease"):
-            row = await self.pool.fetchval(q.PROVIDER_BATCH_LEASE_EXTEND, pb_id, worker_id, lease_s)
-        return row is not None
+            stopping = await self.pool.fetchval(
+                q.PROVIDER_BATCH_LEASE_EXTEND, pb_id, worker_id, lease_s
+            )
+        if stopping is None:
+            return "lost"
+        return "stopping" if stopping else "held"
+
+    async def provider_id(self, pb_id: uuid.UUID) -> str | None:
+        async with translate_errors("reading a provider batch"):
+            found: str | None = await self.pool.fetchval(q.PROVIDER_BATCH_PROVIDER_ID, pb_id)
+        return found
 
     async def jobs(self, pb_id: uuid.UUID) -> list[ClaimedJob]:
         """The jobs this provider batch still holds (not written yet)."""
@@ -93,25 +107,48 @@ class ProviderBatchStore:
             rows = await self.pool.fetch(q.PROVIDER_BATCH_JOBS, pb_id)
         return [ClaimedJob(**dict(r)) for r in rows]
 
-    async def jobs_return(self, pb_id: uuid.UUID, job_ids: Sequence[int], delay_s: float) -> int:
-        """Jobs it will not send after all go back to waiting, without an attempt."""
+    async def jobs_return(
+        self, pb_id: uuid.UUID, worker_id: uuid.UUID, job_ids: Sequence[int], delay_s: float
+    ) -> int:
+        """Jobs it will not send after all go back, without an attempt, while this worker
+        holds its lease: to waiting, or queued or cancelled if their batch went online or
+        was cancelled."""
         if not job_ids:
             return 0
         async with translate_errors("returning economy jobs"):
             rows = await self.pool.fetch(
-                q.PROVIDER_BATCH_JOBS_RETURN, pb_id, list(job_ids), delay_s
+                q.PROVIDER_BATCH_JOBS_RETURN, pb_id, list(job_ids), delay_s, worker_id
             )
         return len(rows)
 
-    async def budget_room(
-        self, batch_id: uuid.UUID, pb_id: uuid.UUID
-    ) -> tuple[Decimal | None, Decimal]:
-        """The batch's cap (None: none) and what its other provider batches hold of it."""
-        async with translate_errors("reading the batch budget"):
-            row = await self.pool.fetchrow(q.PROVIDER_BATCH_BUDGET, batch_id, pb_id)
-        if row is None:
-            return None, Decimal(0)
-        return row["cap"], row["held"]
+    async def reserve(
+        self,
+        batch_id: uuid.UUID,
+        pb_id: uuid.UUID,
+        worker_id: uuid.UUID,
+        choose: Callable[[Decimal | None, Decimal], Awaitable[Decimal]],
+    ) -> bool:
+        """Hold part of the batch's cap for this provider batch, in one transaction with
+        the batch row locked, so two provider batches of one batch never both count the
+        same room: ``choose(cap, held)`` (cap None: none; held: what the batch's other
+        provider batches hold) returns the amount to hold. False: the lease was lost."""
+        async with (
+            translate_errors("reserving the batch budget"),
+            self.pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(q.PROVIDER_BATCH_BUDGET_LOCK, batch_id)
+            row = await conn.fetchrow(q.PROVIDER_BATCH_BUDGET, batch_id, pb_id)
+            cap, held = (None, Decimal(0)) if row is None else (row["cap"], row["held"])
+            amount = await choose(cap, held)
+            written = await conn.fetchval(q.PROVIDER_BATCH_RESERVE, pb_id, worker_id, amount)
+        return written is not None
+
+    async def held(self, batch_id: uuid.UUID) -> Decimal:
+        """What the batch's provider batches hold against its cap."""
+        async with translate_errors("reading provider batch reservations"):
+            amount: Decimal = await self.pool.fetchval(q.PROVIDER_BATCHES_HELD, batch_id)
+        return amount
 
     async def submitted(
         self,
@@ -122,7 +159,6 @@ class ProviderBatchStore:
         input_file_id: str,
         provider_status: str,
         requests: int,
-        reserved_usd: Decimal,
         expires_at: int | None,
         poll_s: float,
     ) -> bool:
@@ -136,7 +172,6 @@ class ProviderBatchStore:
                 input_file_id,
                 provider_status,
                 requests,
-                reserved_usd,
                 expires_at,
                 poll_s,
             )
@@ -160,8 +195,15 @@ class ProviderBatchStore:
         return row is not None
 
     async def processed(
-        self, pb_id: uuid.UUID, worker_id: uuid.UUID, answer: ProviderAnswer, error: str | None
+        self,
+        pb_id: uuid.UUID,
+        worker_id: uuid.UUID,
+        answer: ProviderAnswer,
+        error: str | None,
+        unrecorded_usd: Decimal = Decimal(0),
     ) -> bool:
+        """Done with it: its hold on the cap is released, but for ``unrecorded_usd``, the
+        billed cost of answers no job row keeps (rejected and retried)."""
         async with translate_errors("recording a processed provider batch"):
             row = await self.pool.fetchval(
                 q.PROVIDER_BATCH_PROCESSED,
@@ -173,6 +215,7 @@ class ProviderBatchStore:
                 answer.output_file_id,
                 answer.error_file_id,
                 error,
+                unrecorded_usd,
             )
         return row is not None
 
@@ -184,12 +227,13 @@ class ProviderBatchStore:
 
     async def postponed(
         self, pb_id: uuid.UUID, worker_id: uuid.UUID, delay_s: float, error: str
-    ) -> bool:
+    ) -> int | None:
+        """Try the step again later; the steps failed in a row so far (None: lease lost)."""
         async with translate_errors("postponing a provider batch"):
-            row = await self.pool.fetchval(
+            failures: int | None = await self.pool.fetchval(
                 q.PROVIDER_BATCH_POSTPONED, pb_id, worker_id, delay_s, error[:2000]
             )
-        return row is not None
+        return failures
 
     async def fallback(self) -> int:
         """Economy batches past their deadline that asked for it go online; jobs queued."""

@@ -173,9 +173,10 @@ RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms
           j.max_tokens_grown, j.claims
 """
 
+# $2 false: jobs of economy batches not counted (a worker that cannot send them).
 JOBS_PENDING_COUNT = """
 SELECT count(*) FROM jobs
-WHERE status IN ('queued', 'generating', 'batched')
+WHERE (status IN ('queued', 'generating') OR (status = 'batched' AND $2::bool))
   AND ($1::uuid IS NULL OR batch_id = $1)
 """
 
@@ -184,7 +185,8 @@ WHERE status IN ('queued', 'generating', 'batched')
 # backlog, never the history of done jobs.
 JOBS_ACTIVE_COUNTS = """
 SELECT (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
-       (SELECT count(*) FROM jobs WHERE status = 'generating') AS generating
+       (SELECT count(*) FROM jobs WHERE status = 'generating') AS generating,
+       (SELECT count(*) FROM jobs WHERE status = 'batched') AS batched
 """
 
 WORKER_REGISTER = """
@@ -497,14 +499,16 @@ DATABASE_PING = "SELECT 1"
 # Provider batches (see bulkgen.economy): a row per provider batch, written before anything
 # is sent; its id is the lease_owner of the `batched` jobs it holds.
 
-# A provider batch for the oldest waiting jobs of one (batch, model), in one statement:
-# the row ($1, leased to worker $2 for $4 s) and up to $3 of those jobs, locked SKIP LOCKED
-# so concurrent dispatchers take different jobs. Nothing is written when no job is free.
+# A provider batch for the oldest waiting jobs of one (batch, model) of a batch still in
+# economy mode and not cancelled, in one statement: the row ($1, leased to worker $2 for
+# $4 s) and up to $3 of those jobs, locked SKIP LOCKED so concurrent dispatchers take
+# different jobs. Nothing is written when no job is free.
 ECONOMY_DISPATCH = """
 WITH first AS (
     SELECT j.batch_id, coalesce(j.input->'overrides'->>'model', b.options->>'model') AS model
     FROM jobs j JOIN batches b ON b.id = j.batch_id
     WHERE j.status = 'batched' AND j.lease_owner IS NULL AND j.run_after <= now()
+      AND b.mode = 'economy' AND b.cancelled_at IS NULL
     ORDER BY j.run_after, j.id
     LIMIT 1
 ),
@@ -531,42 +535,54 @@ RETURNING j.id, j.batch_id, j.account_id, j.input, j.attempts, j.rate_limited_ms
           j.max_tokens_grown, j.claims
 """
 
+# `stopping`, read live at every step: the provider batch must not send (or must be
+# cancelled at the provider) because its batch was cancelled or went online at its deadline.
 _PROVIDER_BATCH_COLUMNS = """
-id, batch_id, model, state, provider_id, provider_status, input_file_id, output_file_id,
-error_file_id, requests, completed, failed, reserved_usd, cancel_requested, created_at,
-expires_at, poll_interval_s
+p.id, p.batch_id, p.model, p.state, p.provider_id, p.provider_status, p.input_file_id,
+p.output_file_id, p.error_file_id, p.requests, p.completed, p.failed, p.reserved_usd,
+p.created_at, p.expires_at, p.poll_interval_s, p.failures,
+(p.cancel_requested OR b.cancelled_at IS NOT NULL OR b.mode <> 'economy') AS stopping
 """
 
-# The provider batch most overdue for a step (submit, poll, cancel, or write its answers),
+# The provider batch most overdue for a step (send, poll, cancel, or write its answers),
 # leased to worker $1 for $2 s. A lease that lapsed (its worker died) is taken over.
 PROVIDER_BATCH_LEASE = f"""
-UPDATE provider_batches p
-SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
-WHERE p.id = (
+WITH due AS (
     SELECT id FROM provider_batches
     WHERE state <> 'processed' AND poll_after <= now()
       AND (lease_until IS NULL OR lease_until < now())
     ORDER BY poll_after
     LIMIT 1
     FOR UPDATE SKIP LOCKED
+),
+leased AS (
+    UPDATE provider_batches p
+    SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+    FROM due WHERE p.id = due.id
+    RETURNING p.*
 )
-RETURNING {_PROVIDER_BATCH_COLUMNS}
+SELECT {_PROVIDER_BATCH_COLUMNS} FROM leased p JOIN batches b ON b.id = p.batch_id
 """
 
 # Every step below is fenced on the lease: a worker whose lease lapsed writes nothing.
+# Extending it also says whether the provider batch must stop (see _PROVIDER_BATCH_COLUMNS).
 PROVIDER_BATCH_LEASE_EXTEND = """
-UPDATE provider_batches SET lease_until = now() + make_interval(secs => $3)
-WHERE id = $1 AND lease_owner = $2
-RETURNING id
+UPDATE provider_batches p SET lease_until = now() + make_interval(secs => $3)
+FROM batches b
+WHERE p.id = $1 AND p.lease_owner = $2 AND b.id = p.batch_id
+RETURNING (p.cancel_requested OR b.cancelled_at IS NOT NULL OR b.mode <> 'economy') AS stopping
 """
+
+PROVIDER_BATCH_PROVIDER_ID = "SELECT provider_id FROM provider_batches WHERE id = $1"
 
 PROVIDER_BATCH_SUBMITTED = """
 UPDATE provider_batches
 SET state = 'submitted', provider_id = $3, input_file_id = $4, provider_status = $5,
-    requests = $6, reserved_usd = $7, expires_at = to_timestamp($8),
-    submitted_at = coalesce(submitted_at, now()),
-    poll_after = now() + make_interval(secs => $9), poll_interval_s = $9,
-    lease_owner = NULL, lease_until = NULL
+    requests = $6, expires_at = to_timestamp($7),
+    submitted_at = coalesce(submitted_at, now()), failures = 0,
+    poll_after = CASE WHEN cancel_requested THEN now()
+                      ELSE now() + make_interval(secs => $8) END,
+    poll_interval_s = $8, lease_owner = NULL, lease_until = NULL
 WHERE id = $1 AND lease_owner = $2
 RETURNING id
 """
@@ -574,7 +590,7 @@ RETURNING id
 PROVIDER_BATCH_POLLED = """
 UPDATE provider_batches
 SET provider_status = $3, completed = $4, failed = $5, output_file_id = $6, error_file_id = $7,
-    poll_after = now() + make_interval(secs => $8), poll_interval_s = $8,
+    poll_after = now() + make_interval(secs => $8), poll_interval_s = $8, failures = 0,
     lease_owner = NULL, lease_until = NULL
 WHERE id = $1 AND lease_owner = $2
 RETURNING id
@@ -582,15 +598,15 @@ RETURNING id
 
 PROVIDER_BATCH_PROCESSED = """
 UPDATE provider_batches
-SET state = 'processed', processed_at = now(), reserved_usd = 0, provider_status = $3,
-    completed = $4, failed = $5, output_file_id = $6, error_file_id = $7, error = $8,
-    lease_owner = NULL, lease_until = NULL
+SET state = 'processed', processed_at = now(), reserved_usd = 0, unrecorded_usd = $9,
+    provider_status = $3, completed = $4, failed = $5, output_file_id = $6,
+    error_file_id = $7, error = $8, lease_owner = NULL, lease_until = NULL
 WHERE id = $1 AND lease_owner = $2
 RETURNING id
 """
 
 # A provider batch that had nothing left to send (every job answered from the cache, failed,
-# or waiting for money): it never existed at the provider, so it leaves no row behind.
+# or given back): it never existed at the provider, so it leaves no row behind.
 PROVIDER_BATCH_DROP = """
 DELETE FROM provider_batches p
 WHERE p.id = $1 AND p.lease_owner = $2 AND p.provider_id IS NULL
@@ -598,13 +614,13 @@ WHERE p.id = $1 AND p.lease_owner = $2 AND p.provider_id IS NULL
 RETURNING p.id
 """
 
-# A step that failed (the provider unreachable, an upload refused): try again after $3 s.
+# A step that failed (the provider unreachable, an upload refused): tried again after $3 s.
 PROVIDER_BATCH_POSTPONED = """
 UPDATE provider_batches
-SET poll_after = now() + make_interval(secs => $3), error = $4,
+SET poll_after = now() + make_interval(secs => $3), error = $4, failures = failures + 1,
     lease_owner = NULL, lease_until = NULL
 WHERE id = $1 AND lease_owner = $2
-RETURNING id
+RETURNING failures
 """
 
 PROVIDER_BATCH_JOBS = """
@@ -613,22 +629,41 @@ FROM jobs WHERE lease_owner = $1 AND status = 'batched'
 ORDER BY id
 """
 
-# Jobs a provider batch will not send after all (they did not fit its file, or its budget
-# room): back to waiting, no attempt burnt, due again after $3 s.
+# Jobs a provider batch gives back unsent (past its file's cut, waiting for money, or its
+# batch stopped), while worker $4 holds its lease: no attempt burnt, due again after $3 s.
+# Like a retry, they go where their batch now sends jobs: waiting for the next provider
+# batch, queued for a worker (the batch went online), or cancelled.
 PROVIDER_BATCH_JOBS_RETURN = """
-UPDATE jobs SET lease_owner = NULL, run_after = now() + make_interval(secs => $3)
-WHERE lease_owner = $1 AND status = 'batched' AND id = ANY($2::bigint[])
-RETURNING id
+UPDATE jobs j
+SET status = CASE WHEN b.cancelled_at IS NOT NULL THEN 'cancelled'
+                  WHEN b.mode = 'economy' THEN 'batched' ELSE 'queued' END,
+    error_kind = CASE WHEN b.cancelled_at IS NOT NULL THEN b.cancel_reason ELSE j.error_kind END,
+    finished_at = CASE WHEN b.cancelled_at IS NOT NULL THEN now() END,
+    lease_owner = NULL, run_after = now() + make_interval(secs => $3)
+FROM batches b, provider_batches p
+WHERE j.lease_owner = $1 AND j.status = 'batched' AND j.id = ANY($2::bigint[])
+  AND b.id = j.batch_id AND p.id = $1 AND p.lease_owner = $4
+RETURNING j.id
 """
 
-# What a batch's cap has left for a new provider batch: the cap, and what its other
-# unprocessed provider batches hold (their answers are not in the jobs' rows yet).
+# A new provider batch's hold on its batch's cap, in one transaction: the batch row is
+# locked first (concurrent reservations for one batch take turns), then, in a statement of
+# its own so that its snapshot sees the reservation committed by the previous holder of
+# the lock, the cap and what every other provider batch of the batch holds: the worst case
+# of those not processed yet, and the billed cost of rejected answers no job row keeps.
+PROVIDER_BATCH_BUDGET_LOCK = "SELECT 1 FROM batches WHERE id = $1 FOR UPDATE"
+
 PROVIDER_BATCH_BUDGET = """
 SELECT b.budget_usd AS cap,
-       coalesce((SELECT sum(p.reserved_usd) FROM provider_batches p
-                 WHERE p.batch_id = b.id AND p.state <> 'processed' AND p.id <> $2), 0)
-           AS held
+       coalesce((SELECT sum(CASE WHEN p.state = 'processed' THEN p.unrecorded_usd
+                                 ELSE p.reserved_usd + p.unrecorded_usd END)
+                 FROM provider_batches p
+                 WHERE p.batch_id = b.id AND p.id <> $2), 0) AS held
 FROM batches b WHERE b.id = $1
+"""
+
+PROVIDER_BATCH_RESERVE = """
+UPDATE provider_batches SET reserved_usd = $3 WHERE id = $1 AND lease_owner = $2 RETURNING id
 """
 
 # Economy batches whose deadline passed and that asked to fall back: they become online
@@ -657,5 +692,15 @@ SELECT count(*) AS jobs, pg_notify('bulkgen_jobs', 'fallback') FROM queued HAVIN
 PROVIDER_BATCHES_OPEN = "SELECT count(*) FROM provider_batches WHERE state <> 'processed'"
 
 PROVIDER_BATCHES_OF_BATCH = f"""
-SELECT {_PROVIDER_BATCH_COLUMNS} FROM provider_batches WHERE batch_id = $1 ORDER BY created_at
+SELECT {_PROVIDER_BATCH_COLUMNS}
+FROM provider_batches p JOIN batches b ON b.id = p.batch_id
+WHERE p.batch_id = $1 ORDER BY p.created_at
+"""
+
+# What the provider batches of a batch hold against its cap, for the online budget ledger's
+# seed (a batch that fell back online while some were still running).
+PROVIDER_BATCHES_HELD = """
+SELECT coalesce(sum(CASE WHEN state = 'processed' THEN unrecorded_usd
+                         ELSE reserved_usd + unrecorded_usd END), 0)
+FROM provider_batches WHERE batch_id = $1
 """

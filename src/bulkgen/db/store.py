@@ -211,9 +211,11 @@ class Store:
             rows = await self.pool.fetch(q.JOBS_CLAIM, worker_id, n)
         return [ClaimedJob(**dict(r)) for r in rows]
 
-    async def jobs_pending(self, batch_id: uuid.UUID | None = None) -> int:
+    async def jobs_pending(self, batch_id: uuid.UUID | None = None, *, economy: bool = True) -> int:
+        """Jobs not finished yet; ``economy=False`` leaves out those of economy batches
+        (``batched``), for a worker that cannot send them."""
         async with translate_errors("counting pending jobs"):
-            count: int = await self.pool.fetchval(q.JOBS_PENDING_COUNT, batch_id)
+            count: int = await self.pool.fetchval(q.JOBS_PENDING_COUNT, batch_id, economy)
         return count
 
     async def worker_register(self, worker_id: uuid.UUID, host: str, pid: int) -> None:
@@ -359,7 +361,11 @@ class Store:
         if cap is None:
             return BudgetSeed(None, Decimal(0))
         usage = await self.batch_usage(batch_id, prices)
-        return BudgetSeed(cap, usage.cost_usd)
+        async with translate_errors("reading the batch budget"):
+            # What its provider batches hold (economy mode): the worst case of those still
+            # running, and billed answers no job row keeps.
+            held: Decimal = await self.pool.fetchval(q.PROVIDER_BATCHES_HELD, batch_id)
+        return BudgetSeed(cap, usage.cost_usd + held)
 
 
 async def _account_ensure(conn: PoolConnectionProxy[Any], name: str) -> int:

@@ -15,12 +15,15 @@ ALTER TABLE jobs
     -- Answered through a Batch API: priced at its batch prices. Catalog-only default.
     ADD COLUMN batch_api boolean NOT NULL DEFAULT false;
 
--- Dispatch (waiting jobs: lease_owner NULL) and a provider batch's own jobs (lease_owner).
+-- A provider batch's own jobs (lease_owner), and a batch's waiting ones (lease_owner NULL).
 CREATE INDEX jobs_batched_idx ON jobs (lease_owner, batch_id, run_after, id)
     WHERE status = 'batched';
+-- The oldest waiting job of any batch, without reading every waiting job: dispatch.
+CREATE INDEX jobs_batched_waiting_idx ON jobs (run_after, id)
+    WHERE status = 'batched' AND lease_owner IS NULL;
 
--- mode: how new and retried jobs are sent. deadline_at: when an economy batch that asked for
--- it (fallback_online) sends what is still missing online; the batch's mode then becomes
+-- mode: how new and retried jobs are sent. deadline_at (economy batches that asked to fall
+-- back only): when what is still missing goes online; the batch's mode then becomes
 -- `online`, so it falls back once.
 ALTER TABLE batches
     ADD COLUMN mode text NOT NULL DEFAULT 'online' CHECK (mode IN ('online', 'economy')),
@@ -40,7 +43,7 @@ CREATE TABLE provider_batches (
     model            text NOT NULL,
     state            text NOT NULL DEFAULT 'preparing'
                      CHECK (state IN ('preparing', 'submitted', 'processed')),
-    provider_id      text UNIQUE,
+    provider_id      text,  -- unique at one provider; two simulators may reuse ids
     provider_status  text,
     input_file_id    text,
     output_file_id   text,
@@ -49,8 +52,14 @@ CREATE TABLE provider_batches (
     completed        integer NOT NULL DEFAULT 0,
     failed           integer NOT NULL DEFAULT 0,
     -- The worst case of its requests, held against the batch's spending cap until its
-    -- answers are written (their cost is then in the jobs' rows).
+    -- answers are written (their cost is then in the jobs' rows) ...
     reserved_usd     numeric(14, 6) NOT NULL DEFAULT 0 CHECK (reserved_usd >= 0),
+    -- ... except the answers that were billed and then rejected and retried (empty, too
+    -- short): no job row keeps their cost, so it stays held here for good.
+    unrecorded_usd   numeric(14, 6) NOT NULL DEFAULT 0 CHECK (unrecorded_usd >= 0),
+    -- Steps that failed in a row (provider or database errors); past a bound the provider
+    -- batch is given up and its jobs go through the retry rules.
+    failures         integer NOT NULL DEFAULT 0,
     cancel_requested boolean NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
     submitted_at     timestamptz,

@@ -54,7 +54,7 @@ from bulkgen.errors import (
 from bulkgen.formatting import ParsedMarkdown, format_article, validate_completion
 from bulkgen.metrics import Metrics
 from bulkgen.models import ChatRequest, Completion, JobStatus
-from bulkgen.pipeline import CHARS_PER_TOKEN, BatchPlan, Pipeline
+from bulkgen.pipeline import CHARS_PER_TOKEN, BatchPlan, Pipeline, done_row
 from bulkgen.pricing import PriceTable, PriceTier
 from bulkgen.providers.openai_batch import (
     BatchLimits,
@@ -581,22 +581,8 @@ def _done(
     batch_api: bool,
 ) -> DoneRow:
     article = format_article(parsed, fallback_title=job.input["keyword"])
-    return DoneRow(
-        job_id=job.id,
-        content=article.markdown,
-        html=article.html,
-        title=article.title,
-        word_count=article.word_count,
-        finish_reason=result.finish_reason,
-        model=result.model,
-        cached=cached,
-        prompt_tokens=result.usage.prompt_tokens,
-        completion_tokens=result.usage.completion_tokens,
-        cache_key=key,
-        cache_read_tokens=result.usage.cache_read_tokens,
-        calls=0 if cached else 1,
-        batch_api=batch_api,
-    )
+    calls = 0 if cached else 1
+    return done_row(job, article, result, key=key, cached=cached, calls=calls, batch_api=batch_api)
 
 
 def _stamped(outcome: Outcome, error: ProviderError | None) -> Outcome:

@@ -31,7 +31,7 @@ from bulkgen.errors import (
     RendererUnavailable,
     StorageError,
 )
-from bulkgen.formatting import ParsedMarkdown, format_article, validate_completion
+from bulkgen.formatting import Article, ParsedMarkdown, format_article, validate_completion
 from bulkgen.intake import JobInput
 from bulkgen.limits import LimitKey, RateGovernor
 from bulkgen.metrics import Metrics
@@ -188,20 +188,7 @@ class Pipeline:
         cached = source != "provider"
         self.metrics.inc("jobs.done", cached=cached)
         self.metrics.observe("job.seconds", time.monotonic() - started)
-        return DoneRow(
-            job_id=job.id,
-            content=article.markdown,
-            html=article.html,
-            title=article.title,
-            word_count=article.word_count,
-            finish_reason=result.finish_reason,
-            model=result.model,
-            cached=cached,
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-            cache_key=key,
-            cache_read_tokens=result.usage.cache_read_tokens,
-        )
+        return done_row(job, article, result, key=key, cached=cached)
 
     async def _paid(
         self, batch_id: uuid.UUID, request: ChatRequest, receipt: Receipt
@@ -306,6 +293,35 @@ class Pipeline:
             decision.error_kind,
             message,
         )
+
+
+def done_row(
+    job: ClaimedJob,
+    article: Article,
+    result: CachedResult,
+    *,
+    key: str | None,
+    cached: bool,
+    calls: int = 0,
+    batch_api: bool = False,
+) -> DoneRow:
+    """The ``done`` outcome of ``job``: its formatted article and the answer's usage."""
+    return DoneRow(
+        job_id=job.id,
+        content=article.markdown,
+        html=article.html,
+        title=article.title,
+        word_count=article.word_count,
+        finish_reason=result.finish_reason,
+        model=result.model,
+        cached=cached,
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens,
+        cache_key=key,
+        cache_read_tokens=result.usage.cache_read_tokens,
+        calls=calls,
+        batch_api=batch_api,
+    )
 
 
 def _billed(outcome: Outcome, receipt: Receipt) -> Outcome:

@@ -19,6 +19,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,10 +90,11 @@ async def server(database_url: str) -> AsyncIterator[Server]:
         await services.aclose()
 
 
-async def drain(database_url: str) -> None:
-    async with running_simulator(SIM) as base_url:
+async def drain(database_url: str, sim: SimConfig = SIM, **settings: Any) -> None:
+    """A burst worker with services of its own, against a simulator of its own."""
+    async with running_simulator(sim) as base_url:
         worker_services = await open_services(
-            make_settings(database_url, base_url, concurrency=CONCURRENCY), metrics=Metrics()
+            make_settings(database_url, base_url, **settings), metrics=Metrics()
         )
         try:
             await worker_services.worker(burst=True).run()
@@ -142,7 +144,7 @@ async def test_sign_in_follow_a_batch_to_the_end_and_read_its_failures_and_artic
             await page.click(".batch-link")
             await page.wait_for_url(f"**/batches/{batch_id}")
             assert (await page.locator(".state").text_content() or "").strip() == "running"
-            worker = asyncio.create_task(drain(database_url))
+            worker = asyncio.create_task(drain(database_url, concurrency=CONCURRENCY))
             # Cost is read again while the batch runs, not only once it has ended.
             await page.wait_for_function(
                 "() => document.querySelector('.state').textContent.trim() === 'running'"
@@ -208,19 +210,9 @@ async def test_sign_in_follow_a_batch_to_the_end_and_read_its_failures_and_artic
     print(f"screenshots in {ARTIFACTS}")
 
 
-async def drain_economy(database_url: str) -> None:
-    fast = SimConfig(
-        rpm=None, tpm=None, seed=7, batch=BatchConfig(time_scale=20.0, requests_per_s=5.0)
-    )
-    async with running_simulator(fast) as base_url:
-        settings = make_settings(
-            database_url, base_url, economy_tick_s=0.1, economy_poll_s=0.2, economy_max_poll_s=0.5
-        )
-        worker_services = await open_services(settings, metrics=Metrics())
-        try:
-            await worker_services.worker(burst=True).run()
-        finally:
-            await worker_services.aclose()
+ECONOMY_SIM = SimConfig(
+    rpm=None, tpm=None, seed=7, batch=BatchConfig(time_scale=20.0, requests_per_s=5.0)
+)
 
 
 async def test_an_economy_batch_shows_where_its_jobs_are_and_what_it_saved(
@@ -249,7 +241,13 @@ async def test_an_economy_batch_shows_where_its_jobs_are_and_what_it_saved(
             waiting = page.locator(".stat", has_text="Waiting / at the provider")
             assert (await waiting.locator(".value").inner_text()).strip() == str(len(KEYWORDS))
             await page.screenshot(path=ARTIFACTS / "8-economy-waiting.png", full_page=True)
-            await drain_economy(database_url)
+            await drain(
+                database_url,
+                ECONOMY_SIM,
+                economy_tick_s=0.1,
+                economy_poll_s=0.2,
+                economy_max_poll_s=0.5,
+            )
             await page.wait_for_selector(".state.ok", timeout=120_000)
             await page.wait_for_selector(".articles a")  # the page reloaded with the end figures
             saved = await page.locator("[data-stat=economy]").inner_text()

@@ -56,6 +56,10 @@ class ProviderAnswer:
     output_file_id: str | None
     error_file_id: str | None
 
+    def columns(self) -> tuple[str, int, int, str | None, str | None]:
+        """As the statements that record it take it, in this order."""
+        return (self.status, self.completed, self.failed, self.output_file_id, self.error_file_id)
+
 
 class ProviderBatchStore:
     """Named operations on ``provider_batches`` and the jobs they hold."""
@@ -182,15 +186,7 @@ class ProviderBatchStore:
     ) -> bool:
         async with translate_errors("recording a provider batch poll"):
             row = await self.pool.fetchval(
-                q.PROVIDER_BATCH_POLLED,
-                pb_id,
-                worker_id,
-                answer.status,
-                answer.completed,
-                answer.failed,
-                answer.output_file_id,
-                answer.error_file_id,
-                next_poll_s,
+                q.PROVIDER_BATCH_POLLED, pb_id, worker_id, *answer.columns(), next_poll_s
             )
         return row is not None
 
@@ -209,11 +205,7 @@ class ProviderBatchStore:
                 q.PROVIDER_BATCH_PROCESSED,
                 pb_id,
                 worker_id,
-                answer.status,
-                answer.completed,
-                answer.failed,
-                answer.output_file_id,
-                answer.error_file_id,
+                *answer.columns(),
                 error,
                 unrecorded_usd,
             )

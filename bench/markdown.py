@@ -18,19 +18,32 @@ Times are CPU microseconds per article (what the event loop pays), the median of
 ``--rounds`` rounds of ``--articles`` articles, the cases of a round interleaved so that a
 change of load hits them all alike.
 
-    .venv/bin/python bench/markdown.py [--articles 100] [--rounds 5]
+With ``--spec``, every parser also renders the 652 examples of the CommonMark spec
+(``commonmark.json`` as markdown-it-py's source distribution ships it: give its path, or
+``pypi`` to fetch that distribution with pip): per parser, how many examples give the
+spec's HTML exactly, and how many give, once through the sanitiser, the same HTML as
+markdown-it-py as configured at runtime (what switching parsers would change for users).
+
+    .venv/bin/python bench/markdown.py [--articles 100] [--rounds 5] [--spec pypi|PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.metadata
 import importlib.util
+import json
 import random
 import re
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bulkgen.formatting import (
@@ -177,6 +190,50 @@ def lines_differing(html: str, baseline: str) -> int:
     return sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
 
 
+def spec_examples(where: str) -> list[dict[str, Any]]:
+    """The CommonMark spec's examples, from a ``commonmark.json`` file or (``pypi``) from
+    the source distribution of the installed markdown-it-py, fetched with pip."""
+    if where != "pypi":
+        return list(json.loads(Path(where).read_text(encoding="utf-8")))
+    version = importlib.metadata.version("markdown-it-py")
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+             ":all:", f"markdown-it-py=={version}", "--dest", folder],
+            check=True,
+        )  # fmt: skip
+        (archive,) = Path(folder).glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("commonmark.json"))
+            data = tar.extractfile(member)
+            assert data is not None
+            return list(json.loads(data.read()))
+
+
+def spec_fidelity(renders: dict[str, Render], examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per parser: examples rendered as the spec says, and examples whose sanitised HTML is
+    markdown-it-py's (ignoring whitespace between tags), with the first few that are not."""
+    runtime = [_squeezed(sanitize_html(_MARKDOWN.render(e["markdown"]))) for e in examples]
+    fidelity: dict[str, Any] = {}
+    for name, render in renders.items():
+        as_spec = as_runtime = 0
+        differing: list[int] = []
+        for example, baseline in zip(examples, runtime, strict=True):
+            html = render(example["markdown"])
+            as_spec += html == example["html"]
+            if _squeezed(sanitize_html(html)) == baseline:
+                as_runtime += 1
+            else:
+                differing.append(example["example"])
+        fidelity[name] = {
+            "examples": len(examples),
+            "as_spec": as_spec,
+            "as_runtime_after_sanitizer": as_runtime,
+            "first_differing_examples": differing[:10],
+        }
+    return fidelity
+
+
 def main(args: argparse.Namespace) -> None:
     run = Run("markdown", args.out)
     article = write_article(args.words, args.seed)
@@ -242,6 +299,16 @@ def main(args: argparse.Namespace) -> None:
     for name in missing:
         print(f"{name:<18}{'not installed':>16}")
     print(f"for scale, sanitize_html on markdown-it-py's HTML: {sanitize_us:.0f} cpu us/article")
+    fidelity = None
+    if args.spec:
+        fidelity = spec_fidelity(renders, spec_examples(args.spec))
+        print(f"\n{'CommonMark spec':<18}{'examples':>10}{'as the spec':>13}{'as runtime':>12}")
+        for name, row in fidelity.items():
+            print(
+                f"{name:<18}{row['examples']:>10}{row['as_spec']:>13}"
+                f"{row['as_runtime_after_sanitizer']:>12}"
+            )
+        print("as runtime: sanitised HTML equal to markdown-it-py's as configured at runtime")
     run.finish(
         {
             "article_chars": len(article),
@@ -254,6 +321,7 @@ def main(args: argparse.Namespace) -> None:
             "sanitize_us_per_article": round(sanitize_us, 1),
             "parsers": parsers,
             "not_installed": missing,
+            "commonmark_spec": fidelity,
         }
     )
 
@@ -264,5 +332,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--words", type=int, default=800, help="visible words, at least")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--spec", help="commonmark.json, or pypi to fetch it: CommonMark spec fidelity too"
+    )
     add_out_argument(parser, "markdown")
     main(parser.parse_args())

@@ -5,24 +5,27 @@
 anything is stored, so an empty or cut-off answer becomes a retryable
 :class:`~bulkgen.errors.InvalidOutput` instead of a silent empty success.
 
-An answer's Markdown is parsed once (:func:`parse_markdown`): the gate counts its words on the
-parse it returns, and :func:`format_article` renders that same parse.
+An answer's Markdown is parsed into a tree once (:func:`parse_markdown`): the gate counts its
+words on it and takes the title from it, and :func:`format_article` uses those, rendering
+the same source.
 
-:func:`format_article` renders Markdown with ``markdown-it-py`` (CommonMark plus tables and
-strikethrough, raw HTML allowed through to the sanitiser) and sanitises the result with
-``nh3``: scripts, styles, event-handler attributes and non-http(s)/mailto URLs never reach
-the HTML that a dashboard or a CMS will display.
+:func:`format_article` renders Markdown with ``markdown-it-pyrs`` (the markdown-it rules in
+Rust: CommonMark plus tables and strikethrough, raw HTML allowed through to the sanitiser)
+and sanitises the result with ``nh3``: scripts, styles, event-handler attributes and
+non-http(s)/mailto URLs never reach the HTML that a dashboard or a CMS will display. The
+parser was chosen by ``bench/markdown.py`` (BENCHMARKS.md): 20 times faster than
+markdown-it-py, the same HTML on the benchmark's article, 649 of the CommonMark spec's 652
+examples the same once sanitised.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import markdown_it_pyrs
 import nh3
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
 
 from bulkgen.errors import InvalidOutput
 from bulkgen.models import Completion
@@ -36,7 +39,18 @@ __all__ = [
     "validate_completion",
 ]
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+# CommonMark passes raw HTML through (markdown-it-py's "html" option): the sanitiser
+# decides what of it survives.
+_MARKDOWN = markdown_it_pyrs.MarkdownIt("commonmark").enable_many(["table", "strikethrough"])
+# The tree's block nodes; every other node is inline content (text, emphasis, links...).
+_BLOCKS = frozenset(
+    {
+        "root", "paragraph", "heading", "lheading", "blockquote", "bullet_list",
+        "ordered_list", "list_item", "table", "thead", "tbody", "trow", "tcell", "hr",
+        "html_block", "code_block", "fence",
+    }
+)  # fmt: skip
+_LITERAL_BLOCKS = frozenset({"code_block", "fence"})  # their text counts as it is
 
 _URL_SCHEMES = frozenset({"http", "https", "mailto"})
 _ATTRIBUTES: dict[str, set[str]] = {
@@ -67,12 +81,12 @@ class Article:
 
 @dataclass(frozen=True)
 class ParsedMarkdown:
-    """An answer's Markdown, parsed once: what the gate counts and what formatting renders,
-    so the two can never disagree on the words, and the parser runs once per answer."""
+    """An answer's Markdown, parsed once: its words (what the gate counts) and title (what
+    formatting shows), so the two can never disagree on them."""
 
     source: str  # unwrapped from a whole-answer fence, trimmed
-    tokens: tuple[Token, ...]
-    word_count: int  # visible words: link targets and markup excluded
+    title: str  # plain text of the first level-1 heading, or ""
+    word_count: int  # visible words: link targets, image descriptions and markup excluded
 
 
 def count_words(text: str) -> int:
@@ -86,33 +100,50 @@ def _unwrap(markdown: str) -> str:
     return inner.strip()
 
 
-def _inline_text(children: Iterable[Token]) -> str:
+def _inline_text(nodes: Iterable[markdown_it_pyrs.Node]) -> str:
+    """The visible text of a run of inline nodes: text and code, a space for a line break,
+    whitespace collapsed. Images (their descriptions) and raw HTML are not text."""
     parts: list[str] = []
-    for child in children:
-        if child.type in ("text", "code_inline"):
-            parts.append(child.content)
-        elif child.type in ("softbreak", "hardbreak"):
+
+    def visit(node: markdown_it_pyrs.Node) -> None:
+        if node.name in ("text", "text_special"):  # special: entities, escapes, autolinks
+            parts.append(str(node.meta.get("content", "")))
+        elif node.name in ("softbreak", "hardbreak"):
             parts.append(" ")
+        elif node.name not in ("image", "html_inline"):
+            for child in node.children:
+                visit(child)
+
+    for node in nodes:
+        visit(node)
     return " ".join("".join(parts).split())
 
 
-def _title(tokens: Sequence[Token]) -> str:
+def _blocks_text(node: markdown_it_pyrs.Node, out: list[str]) -> None:
+    """Each block's visible text into ``out``, in document order, one entry per run of
+    inline content (a paragraph, a heading, a table cell, a tight list item)."""
+    run: list[markdown_it_pyrs.Node] = []
+    for child in node.children:
+        if child.name not in _BLOCKS:
+            run.append(child)
+            continue
+        if run:
+            out.append(_inline_text(run))
+            run = []
+        if child.name in _LITERAL_BLOCKS:
+            out.append(str(child.meta.get("content", "")))
+        else:
+            _blocks_text(child, out)
+    if run:
+        out.append(_inline_text(run))
+
+
+def _title(tree: markdown_it_pyrs.Node) -> str:
     """Plain text of the first level-1 heading (ATX ``# `` or setext), or ``""``."""
-    for index, token in enumerate(tokens[:-1]):
-        if token.type == "heading_open" and token.tag == "h1":
-            inline = tokens[index + 1]
-            return _inline_text(inline.children or ())
+    for node in tree.walk():
+        if node.name in ("heading", "lheading") and node.meta.get("level") == 1:
+            return _inline_text(node.children)
     return ""
-
-
-def _visible_text(tokens: Sequence[Token]) -> str:
-    parts: list[str] = []
-    for token in tokens:
-        if token.type == "inline":
-            parts.append(_inline_text(token.children or ()))
-        elif token.type in ("fence", "code_block"):
-            parts.append(token.content)
-    return "\n".join(parts)
 
 
 def sanitize_html(html: str) -> str:
@@ -127,10 +158,12 @@ def sanitize_html(html: str) -> str:
 
 
 def parse_markdown(markdown: str) -> ParsedMarkdown:
-    """Parse ``markdown`` (a whole-answer fence unwrapped) and count its visible words."""
+    """Parse ``markdown`` (a whole-answer fence unwrapped): its title and visible words."""
     source = _unwrap(markdown)
-    tokens = tuple(_MARKDOWN.parse(source))
-    return ParsedMarkdown(source, tokens, count_words(_visible_text(tokens)))
+    tree = _MARKDOWN.tree(source)
+    texts: list[str] = []
+    _blocks_text(tree, texts)
+    return ParsedMarkdown(source, _title(tree), count_words("\n".join(texts)))
 
 
 def format_article(markdown: str | ParsedMarkdown, *, fallback_title: str) -> Article:
@@ -141,9 +174,9 @@ def format_article(markdown: str | ParsedMarkdown, *, fallback_title: str) -> Ar
     ``word_count`` counts the visible text (link targets and markup excluded).
     """
     parsed = parse_markdown(markdown) if isinstance(markdown, str) else markdown
-    html = sanitize_html(_MARKDOWN.renderer.render(parsed.tokens, _MARKDOWN.options, {}))
+    html = sanitize_html(_MARKDOWN.render(parsed.source))
     return Article(
-        title=_title(parsed.tokens) or fallback_title.strip(),
+        title=parsed.title or fallback_title.strip(),
         markdown=parsed.source,
         html=html,
         word_count=parsed.word_count,

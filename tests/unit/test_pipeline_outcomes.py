@@ -175,21 +175,27 @@ async def test_each_outcome_carries_the_requests_it_sent_and_its_429s(
 async def test_an_answer_is_parsed_once_whether_fresh_or_cached(
     renderer: TemplateRenderer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Validation and formatting share one parse: a fresh answer is parsed by the gate in
-    ``_paid`` only, a cached one by its second validation only; the row is what formatting
-    the text on its own gives."""
+    """Validation and formatting share one parse tree: a fresh answer is parsed by the gate
+    in ``_paid`` only, a cached one by its second validation only; the row is what
+    formatting the text on its own gives."""
 
     async def no_cap(batch_id: uuid.UUID) -> BudgetSeed:
         return BudgetSeed(None, Decimal(0))
 
     parses: list[str] = []
-    parse = formatting._MARKDOWN.parse
+    real = formatting._MARKDOWN
 
-    def counted(source: str, env: Any = None) -> Any:
-        parses.append(source)
-        return parse(source, env)
+    class Counted:
+        """The runtime parser, counting the trees it builds (the parse the gate makes)."""
 
-    monkeypatch.setattr(formatting._MARKDOWN, "parse", counted)
+        def tree(self, source: str) -> Any:
+            parses.append(source)
+            return real.tree(source)
+
+        def render(self, source: str) -> str:
+            return real.render(source)
+
+    monkeypatch.setattr(formatting, "_MARKDOWN", Counted())
     provider = ScriptedProvider()
     pipeline = await _pipeline(no_cap, provider, renderer, wait_s=1)
     batch_id = uuid.uuid4()

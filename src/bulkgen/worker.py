@@ -14,7 +14,10 @@ and shuts down without losing anything.
 - **Unrun jobs**: every heartbeat compares the jobs the database says this worker runs
   with the jobs it really runs; the difference (a claim that committed but whose answer
   was lost) goes back to the queue without burning an attempt.
-- **Finish**: outcomes go through the batched status writer, fenced on this worker's id.
+- **Finish**: outcomes go through the batched status writer, fenced on this worker's id;
+  a flush also claims the jobs that fill the slots it frees, in the same transaction
+  (:class:`~bulkgen.db.writer.Refill`), so a busy worker claims without a transaction of
+  its own.
 - **Stop** (SIGINT/SIGTERM or ``stop()``): claim nothing more, give in-flight jobs
   ``shutdown_grace_s`` to finish, return the rest to the queue untouched.
 - **Burst**: exit once no job is queued or running anywhere (arq's ``burst``), which is
@@ -36,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
-from bulkgen.db.writer import FlushPolicy, Outcome, StatusWriter
+from bulkgen.db.writer import FlushPolicy, Outcome, Refill, StatusWriter
 from bulkgen.economy import Economy
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
 from bulkgen.metrics import Metrics
@@ -124,12 +127,16 @@ class Worker:
         self.pipeline = pipeline
         self.config = config
         self.metrics = metrics
+        # Held while claiming and while looking for unrun jobs, so a claim whose rows are
+        # on their way is never mistaken for one whose answer was lost.
+        self._claim_lock = asyncio.Lock()
         self.writer = StatusWriter(
             store,
             self.id,
             policy=FlushPolicy(linger_s=config.status_linger_ms / 1000),
             running=lambda: self._running,
             metrics=metrics,
+            refill=Refill(self._refill_size, self._start_all, self._claim_lock),
         )
         self.tally = WorkerTally()
         self.economy: Economy | None = None  # set by the service when it can send batches
@@ -139,9 +146,6 @@ class Worker:
         self._plans: OrderedDict[uuid.UUID, asyncio.Future[BatchPlan]] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        # Held while claiming and while looking for unrun jobs, so a claim whose rows are
-        # on their way is never mistaken for one whose answer was lost.
-        self._claim_lock = asyncio.Lock()
         self._healthy_since_s: float | None = None  # monotonic; None while beats fail
         self._failing_since_s = 0.0
 
@@ -225,6 +229,9 @@ class Worker:
 
     async def _claim(self, free: int) -> list[ClaimedJob]:
         async with self._claim_lock:
+            free = min(free, self._capacity() - len(self._inflight))  # the writer may have
+            if free <= 0:  # claimed meanwhile
+                return []
             try:
                 claimed = await self.store.jobs_claim(self.id, free)
                 self.metrics.inc("db.claim_statements")
@@ -232,9 +239,16 @@ class Worker:
                 logger.warning("worker.claim_failed", extra={"error": str(exc)})
                 self.metrics.inc("db.claim_failed")
                 return []
-            for job in claimed:
-                await self._start(job)
+            self._start_all(claimed)
         return claimed
+
+    def _refill_size(self, freed: int) -> int:
+        """Jobs a status flush should claim along with ``freed`` outcomes of this worker's
+        jobs: the slots free once they are written. None while stopping or while a breaker
+        holds claims back."""
+        if self._stopping.is_set() or not self.pipeline.allows_claim():
+            return 0
+        return max(0, self._capacity() - (len(self._inflight) - freed))
 
     def _capacity(self) -> int:
         """A user-set cap wins; otherwise as many jobs as the limiter can keep busy, plus a
@@ -270,10 +284,11 @@ class Worker:
         finally:
             wake.cancel()
 
-    async def _start(self, job: ClaimedJob) -> None:
-        task = asyncio.create_task(self._run_job(job), name=f"bulkgen-job-{job.id}")
-        self._inflight[task] = job
-        task.add_done_callback(self._inflight.pop)
+    def _start_all(self, jobs: list[ClaimedJob]) -> None:
+        for job in jobs:
+            task = asyncio.create_task(self._run_job(job), name=f"bulkgen-job-{job.id}")
+            self._inflight[task] = job
+            task.add_done_callback(self._inflight.pop)
 
     async def plan(self, batch_id: uuid.UUID) -> BatchPlan:
         """The batch's shared options and template, loaded once per worker (one in-flight

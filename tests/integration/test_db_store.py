@@ -278,3 +278,36 @@ async def test_a_late_outcome_never_lands_on_a_newer_claim(store: Store) -> None
     assert await store.jobs_finish_done(owner, [fresh]) == {second.id}
     row = await store.pool.fetchrow("SELECT status, attempts FROM jobs")
     assert row is not None and (row["status"], row["attempts"]) == ("done", 2)
+
+
+async def test_outcomes_and_the_next_claim_commit_in_one_transaction(store: Store) -> None:
+    await _batch(store, "acme", 6)
+    owner = uuid.uuid4()
+    done, retried, failed = await store.jobs_claim(owner, 3)
+    outcomes: list[DoneRow | RetryRow | FailedRow] = [
+        _done(done.id),
+        RetryRow(retried.id, 60.0, 1, 0, False, "server_error", "503"),
+        FailedRow(failed.id, JobStatus.FAILED, 1, "rejected", "400"),
+    ]
+    written, claimed = await store.jobs_finish_and_claim(owner, outcomes, 2)
+    assert written == {done.id, retried.id, failed.id}
+    assert len(claimed) == 2 and {j.id for j in claimed}.isdisjoint(written)
+    rows = await store.pool.fetch("SELECT id, status, xmin::text AS tx FROM jobs ORDER BY id")
+    by_id = {r["id"]: r for r in rows}
+    assert [by_id[j.id]["status"] for j in claimed] == ["generating", "generating"]
+    assert (by_id[done.id]["status"], by_id[retried.id]["status"]) == ("done", "queued")
+    # Every row written by the call carries the same transaction id: one transaction.
+    assert len({by_id[i]["tx"] for i in [*written, *(j.id for j in claimed)]}) == 1
+
+
+async def test_a_refused_outcome_undoes_the_claim_beside_it(store: Store) -> None:
+    await _batch(store, "acme", 4)
+    owner = uuid.uuid4()
+    good, blank = await store.jobs_claim(owner, 2)
+    outcomes = [_done(good.id), _done(blank.id, " \n\t ")]  # the database refuses blank text
+    with pytest.raises(StorageError) as refused:
+        await store.jobs_finish_and_claim(owner, outcomes, 2)
+    assert not refused.value.transient  # the writer then writes row by row (its own test)
+    statuses = await store.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    assert {r["status"]: r["n"] for r in statuses} == {"generating": 2, "queued": 2}
+    assert await store.pool.fetchval("SELECT count(*) FROM results") == 0

@@ -10,7 +10,7 @@ import pytest
 
 from bulkgen.db.pool import create_pool
 from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
-from bulkgen.db.writer import FlushPolicy, Outcome, StatusWriter
+from bulkgen.db.writer import FlushPolicy, Outcome, Refill, StatusWriter
 from bulkgen.metrics import Metrics
 from bulkgen.models import JobStatus
 
@@ -287,3 +287,62 @@ async def test_outcomes_wait_for_the_jobs_still_running_then_go_in_one_statement
     assert results == [True] * len(ids)
     assert await store.pool.fetchval("SELECT count(*) FROM test_job_statements") == 1
     assert metrics.total("db.status_statements") == 1
+
+
+async def _refilled(
+    store: Store, owner: uuid.UUID, outcomes: list[Outcome]
+) -> tuple[list[bool], list[int], list[int]]:
+    """Write ``outcomes`` through a writer that claims as many jobs as each flush frees:
+    what each write returned, the ``freed`` counts the writer asked about, and the ids of
+    the jobs it handed over."""
+    asked: list[int] = []
+    handed: list[int] = []
+
+    def size(freed: int) -> int:
+        asked.append(freed)
+        return freed
+
+    refill = Refill(size, lambda jobs: handed.extend(j.id for j in jobs), asyncio.Lock())
+    writer = StatusWriter(store, owner, metrics=Metrics(), refill=refill)
+    writer.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(writer.write(o) for o in outcomes)), timeout=10
+        )
+    finally:
+        await writer.close()
+    return list(results), asked, handed
+
+
+async def test_a_flush_claims_the_jobs_that_fill_the_slots_it_frees(store: Store) -> None:
+    owner = uuid.uuid4()
+    first, second = await _claimed(store, owner, 2)
+    await store.batch_create(
+        account=await store.account_ensure("acme"), options={}, template="t",
+        template_version="v", inputs=[{"keyword": f"more {i}"} for i in range(5)],
+    )  # fmt: skip
+    results, asked, handed = await _refilled(
+        store, owner, [_done(first, "# A\n\nwords"), _done(second, "# B\n\nwords")]
+    )
+    assert results == [True, True]
+    assert sum(asked) == 2 and len(handed) == 2  # one claimed for each slot freed
+    owned = await store.jobs_of_owner(owner)
+    assert owned == set(handed) and not owned & {first, second}
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'queued'") == 3
+
+
+async def test_a_refused_row_is_written_alone_and_its_flush_claims_nothing(store: Store) -> None:
+    owner = uuid.uuid4()
+    good, blank = await _claimed(store, owner, 2)
+    await store.batch_create(
+        account=await store.account_ensure("acme"), options={}, template="t",
+        template_version="v", inputs=[{"keyword": "waiting"}],
+    )  # fmt: skip
+    results, asked, handed = await _refilled(
+        store, owner, [_done(good, "# Good\n\nwords"), _done(blank, " \n\t ")]
+    )
+    assert results == [True, True] and asked and handed == []
+    rows = {r["id"]: r for r in await store.pool.fetch("SELECT * FROM jobs")}
+    assert rows[good]["status"] == "done"
+    assert (rows[blank]["status"], rows[blank]["error_kind"]) == ("failed", "unstorable")
+    assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'queued'") == 1

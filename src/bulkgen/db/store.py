@@ -259,66 +259,55 @@ class Store:
         statement's commit."""
         if not rows:
             return set()
-        cols = list(zip(*[_done_tuple(r) for r in rows], strict=True))
         async with translate_errors("finishing jobs"):
-            written = await self.pool.fetch(q.JOBS_FINISH_DONE, worker_id, *map(list, cols))
+            written = await self.pool.fetch(q.JOBS_FINISH_DONE, worker_id, *_done_columns(rows))
         return {r["job_id"] for r in written}
 
     async def jobs_finish_retry(self, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:
         if not rows:
             return set()
-        cols = list(
-            zip(
-                *[
-                    (
-                        r.job_id,
-                        r.delay_s,
-                        r.burnt,
-                        r.rate_limited_ms,
-                        r.grow_max_tokens,
-                        r.error_kind,
-                        pg_text(r.error_message[:2000]),
-                        r.claim,
-                        r.calls,
-                        r.calls_429,
-                    )
-                    for r in rows
-                ],
-                strict=True,
-            )
-        )
         async with translate_errors("scheduling retries"):
-            written = await self.pool.fetch(q.JOBS_FINISH_RETRY, worker_id, *map(list, cols))
+            written = await self.pool.fetch(q.JOBS_FINISH_RETRY, worker_id, *_retry_columns(rows))
         return {r["id"] for r in written}
 
     async def jobs_finish_failed(self, worker_id: uuid.UUID, rows: Sequence[FailedRow]) -> set[int]:
         if not rows:
             return set()
-        cols = list(
-            zip(
-                *[
-                    (
-                        r.job_id,
-                        r.status,
-                        r.burnt,
-                        r.error_kind,
-                        pg_text(r.error_message[:2000]),
-                        r.prompt_tokens,
-                        r.completion_tokens,
-                        r.claim,
-                        r.cache_read_tokens,
-                        r.calls,
-                        r.calls_429,
-                        r.batch_api,
-                    )
-                    for r in rows
-                ],
-                strict=True,
-            )
-        )
         async with translate_errors("failing jobs"):
-            written = await self.pool.fetch(q.JOBS_FINISH_FAILED, worker_id, *map(list, cols))
+            written = await self.pool.fetch(q.JOBS_FINISH_FAILED, worker_id, *_failed_columns(rows))
         return {r["id"] for r in written}
+
+    async def jobs_finish_and_claim(
+        self, worker_id: uuid.UUID, outcomes: Sequence[DoneRow | RetryRow | FailedRow], n: int
+    ) -> tuple[set[int], list[ClaimedJob]]:
+        """Write outcomes (fenced, as the three methods above) and claim up to ``n`` jobs,
+        in one transaction: the ids written, and the jobs claimed.
+
+        A worker whose jobs end together frees their slots by writing their outcomes; the
+        claim that fills those slots rides in the same transaction instead of one of its
+        own, which halves the transactions a busy worker makes. All or nothing: if any
+        statement (or the deferred done-needs-result check at commit) fails, no outcome is
+        written and nothing is claimed."""
+        done = [r for r in outcomes if isinstance(r, DoneRow)]
+        retry = [r for r in outcomes if isinstance(r, RetryRow)]
+        failed = [r for r in outcomes if isinstance(r, FailedRow)]
+        written: set[int] = set()
+        async with (
+            translate_errors("finishing and claiming jobs"),
+            self.pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            if done:
+                rows = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *_done_columns(done))
+                written |= {r["job_id"] for r in rows}
+            if retry:
+                rows = await conn.fetch(q.JOBS_FINISH_RETRY, worker_id, *_retry_columns(retry))
+                written |= {r["id"] for r in rows}
+            if failed:
+                rows = await conn.fetch(q.JOBS_FINISH_FAILED, worker_id, *_failed_columns(failed))
+                written |= {r["id"] for r in rows}
+            claimed = await conn.fetch(q.JOBS_CLAIM, worker_id, n) if n > 0 else []
+        return written, [ClaimedJob(**dict(r)) for r in claimed]
 
     async def results_iter(
         self, batch_id: uuid.UUID, page_size: int = 500
@@ -391,24 +380,76 @@ def pg_text(text: str) -> str:
     return text
 
 
-def _done_tuple(r: DoneRow) -> tuple[object, ...]:
-    return (
-        r.job_id,
-        pg_text(r.content),
-        pg_text(r.html),
-        pg_text(r.title),
-        r.word_count,
-        r.finish_reason,
-        r.model,
-        r.cached,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.cache_key,
-        r.claim,
-        r.cache_read_tokens,
-        r.calls,
-        r.calls_429,
-        r.batch_api,
+def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+    """Rows as the parallel arrays the finish statements ``unnest``."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _done_columns(rows: Sequence[DoneRow]) -> list[list[object]]:
+    return _columns(
+        [
+            (
+                r.job_id,
+                pg_text(r.content),
+                pg_text(r.html),
+                pg_text(r.title),
+                r.word_count,
+                r.finish_reason,
+                r.model,
+                r.cached,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cache_key,
+                r.claim,
+                r.cache_read_tokens,
+                r.calls,
+                r.calls_429,
+                r.batch_api,
+            )
+            for r in rows
+        ]
+    )
+
+
+def _retry_columns(rows: Sequence[RetryRow]) -> list[list[object]]:
+    return _columns(
+        [
+            (
+                r.job_id,
+                r.delay_s,
+                r.burnt,
+                r.rate_limited_ms,
+                r.grow_max_tokens,
+                r.error_kind,
+                pg_text(r.error_message[:2000]),
+                r.claim,
+                r.calls,
+                r.calls_429,
+            )
+            for r in rows
+        ]
+    )
+
+
+def _failed_columns(rows: Sequence[FailedRow]) -> list[list[object]]:
+    return _columns(
+        [
+            (
+                r.job_id,
+                r.status,
+                r.burnt,
+                r.error_kind,
+                pg_text(r.error_message[:2000]),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.claim,
+                r.cache_read_tokens,
+                r.calls,
+                r.calls_429,
+                r.batch_api,
+            )
+            for r in rows
+        ]
     )
 
 

@@ -23,6 +23,11 @@ soon as an outcome waits and no flush is running: what arrives meanwhile goes wi
 next flush. ``linger_s`` (0 by default, ``BULKGEN_STATUS_LINGER_MS``) adds a fixed wait for
 company on top, for deployments where the database, not the provider, is the bottleneck.
 
+With a :class:`Refill` (the worker gives one), a flush also claims the jobs that fill the
+slots its outcomes free, in the same transaction (``Store.jobs_finish_and_claim``): a busy
+worker then makes one transaction per round of jobs instead of two. If that transaction is
+refused for its data, the flush is written the plain way (below), without a claim.
+
 A caller awaits its outcome's write, so a worker never reports a job finished that the
 database does not know about. If the database is away, outcomes wait in memory and the
 flush is retried with backoff; nothing is dropped.
@@ -38,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulkgen.db.store import DoneRow, FailedRow, RetryRow, Store
+from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
 from bulkgen.errors import StorageError
 from bulkgen.metrics import Metrics
 from bulkgen.metrics import metrics as default_metrics
@@ -89,6 +94,20 @@ class FlushPolicy:
         return max(0.0, linger_left_s, company_left_s)
 
 
+@dataclass(frozen=True)
+class Refill:
+    """How a flush claims the next jobs along with its outcomes (see the module docstring).
+
+    ``size(freed)``: jobs to claim once ``freed`` outcomes of running jobs are written (0:
+    no claim, e.g. while stopping). ``started(jobs)``: hand the claimed jobs over to run.
+    ``lock``: held from before the claim until ``started`` returns, the worker's claim
+    lock, so nothing ever sees claimed jobs the worker has not started yet."""
+
+    size: Callable[[int], int]
+    started: Callable[[list[ClaimedJob]], None]
+    lock: asyncio.Lock
+
+
 @dataclass
 class _Pending:
     row: Outcome
@@ -106,15 +125,17 @@ class StatusWriter:
         policy: FlushPolicy | None = None,
         running: Callable[[], int] | None = None,
         metrics: Metrics | None = None,
+        refill: Refill | None = None,
     ) -> None:
         """``running``: how many jobs of this worker have not handed their outcome over
-        yet; with it the writer waits for them while they keep finishing (module
-        docstring)."""
+        yet; with it the writer waits for them while they keep finishing. ``refill``:
+        claim with each flush (module docstring)."""
         self._store = store
         self._worker_id = worker_id
         self._policy = policy or FlushPolicy()
         self._max_rows = self._policy.max_rows
         self._running = running
+        self._refill = refill
         self._first_s = 0.0  # loop time the oldest waiting outcome arrived
         self._last_s = 0.0  # loop time the newest one arrived
         self._metrics = metrics or default_metrics
@@ -193,12 +214,19 @@ class StatusWriter:
                 await asyncio.wait_for(self._wake.wait(), wait_s)
 
     async def _flush_once(self) -> None:
-        """Write up to ``max_rows`` outcomes, one statement per kind. Each outcome is
-        settled as soon as the statement that wrote it commits, so a later failure re-queues
-        only the outcomes not written yet, never rows already written."""
+        """Write up to ``max_rows`` outcomes: with the next claim in one transaction when a
+        :class:`Refill` wants one, else one statement per kind. Each outcome is settled as
+        soon as the statement that wrote it commits, so a later failure re-queues only the
+        outcomes not written yet, never rows already written."""
         if not self._pending:
             return
         taken, self._pending = self._pending[: self._max_rows], self._pending[self._max_rows :]
+        try:
+            if await self._write_with_claim(taken):
+                return
+        except StorageError:
+            self._pending[:0] = taken  # nothing of it was written: all of it goes again
+            raise
         retry_later: list[_Pending] = []
         error: StorageError | None = None
         for kind, write in (
@@ -218,6 +246,35 @@ class StatusWriter:
         if error is not None:
             self._pending[:0] = sorted(retry_later, key=taken.index)
             raise error
+
+    async def _write_with_claim(self, taken: list[_Pending]) -> bool:
+        """Write ``taken`` and claim what fills the slots it frees, in one transaction.
+        False when no claim is wanted or the database refused the data (not a lost
+        connection, which raises): the caller then writes ``taken`` the plain way, where a
+        bad row fails alone."""
+        refill = self._refill
+        if refill is None:
+            return False
+        async with refill.lock:
+            size = refill.size(len(taken))
+            if size <= 0:
+                return False
+            try:
+                written, claimed = await self._store.jobs_finish_and_claim(
+                    self._worker_id, [p.row for p in taken], size
+                )
+            except StorageError as exc:
+                if exc.transient:
+                    raise
+                logger.warning("status_writer.claim_refused", extra={"error": str(exc)})
+                return False
+            self._metrics.inc("db.status_statements", len({type(p.row) for p in taken}))
+            self._metrics.inc("db.claim_statements")
+            self._metrics.inc("db.claims_with_outcomes")
+            self._metrics.inc("db.status_rows", len(taken))
+            _settle(taken, written)
+            refill.started(claimed)
+        return True
 
     async def _write_group(
         self, write: Callable[[uuid.UUID, Any], Awaitable[set[int]]], group: list[_Pending]

@@ -35,6 +35,7 @@ from bulkgen.db.accounts import (
     account_key_bootstrap,
     account_key_set,
     account_quota_set,
+    account_weight_set,
     accounts_list,
 )
 from bulkgen.db.store import Store
@@ -48,6 +49,7 @@ __all__ = [
     "bootstrap_key",
     "check_name",
     "check_quota",
+    "check_weight",
     "create_account",
     "hash_api_key",
     "list_accounts",
@@ -55,6 +57,7 @@ __all__ = [
     "revoke_key",
     "rotate_key",
     "set_quota",
+    "set_weight",
 ]
 
 KEY_PREFIX = "bgk_"
@@ -62,6 +65,7 @@ _KEY_BYTES = 32
 _MAX_KEY_CHARS = 128  # anything longer is not one of ours: refused before hashing
 DEFAULT_QUOTA = 100  # the schema's default for accounts.concurrency_quota
 MAX_QUOTA = 100_000
+MAX_WEIGHT = 100  # the schema's bound for accounts.claim_weight
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -94,6 +98,12 @@ def check_quota(quota: int) -> int:
     if isinstance(quota, bool) or not 1 <= quota <= MAX_QUOTA:
         raise ConfigError(f"concurrency quota must be between 1 and {MAX_QUOTA:,}, not {quota}")
     return quota
+
+
+def check_weight(weight: int) -> int:
+    if isinstance(weight, bool) or not 1 <= weight <= MAX_WEIGHT:
+        raise ConfigError(f"claim weight must be between 1 and {MAX_WEIGHT}, not {weight}")
+    return weight
 
 
 def _unknown(name: str) -> ConfigError:
@@ -131,6 +141,14 @@ async def set_quota(store: Store, name: str, quota: int) -> None:
     """Jobs the account may have running at once, across the fleet (the claim honours it)."""
     check_quota(quota)
     if not await account_quota_set(store, check_name(name), quota):
+        raise _unknown(name)
+
+
+async def set_weight(store: Store, name: str, weight: int) -> None:
+    """The account's weight in the fair claim: waiting beside others, it is offered a share
+    of each claim in proportion to its weight (every account weighs 1 by default)."""
+    check_weight(weight)
+    if not await account_weight_set(store, check_name(name), weight):
         raise _unknown(name)
 
 

@@ -681,7 +681,8 @@ def accounts_create(
 
 @accounts_app.command("list")
 def accounts_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
-    """Every account: quota, creation time, whether it has a key, and its batches."""
+    """Every account: quota, claim weight, creation time, whether it has a key, and its
+    batches."""
 
     async def body() -> list[AccountRow]:
         async with services(
@@ -693,11 +694,18 @@ def accounts_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     if as_json:
         print(json.dumps([_account_json(r) for r in rows]))
         return
-    table = Table("name", "quota", "created", "key", "batches")
+    table = Table("name", "quota", "weight", "created", "key", "batches")
     for r in rows:
         created = r.created_at.strftime("%Y-%m-%d %H:%M")
         has_key = "yes" if r.has_key else "no"
-        table.add_row(r.name, f"{r.concurrency_quota:,}", created, has_key, f"{r.batches:,}")
+        table.add_row(
+            r.name,
+            f"{r.concurrency_quota:,}",
+            str(r.claim_weight),
+            created,
+            has_key,
+            f"{r.batches:,}",
+        )
     console.print(table)
 
 
@@ -705,6 +713,7 @@ def _account_json(row: AccountRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "concurrency_quota": row.concurrency_quota,
+        "claim_weight": row.claim_weight,
         "created_at": row.created_at.isoformat(),
         "has_key": row.has_key,
         "batches": row.batches,
@@ -749,6 +758,27 @@ def accounts_set_quota(
 
     _run(body())
     console.print(f"account {name!r} may now run {quota:,} jobs at once")
+
+
+@accounts_app.command("set-weight")
+def accounts_set_weight(
+    name: AccountName,
+    weight: Annotated[int, typer.Argument(help="1 to 100; every account starts at 1.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Set the account's weight in the fair claim: while accounts wait together, each gets
+    a share of the workers in proportion to its weight."""
+
+    async def body() -> None:
+        accounts.check_weight(weight)
+        async with services(_settings(data_dir), need_provider=False) as svc:
+            await accounts.set_weight(svc.store, name, weight)
+
+    _run(body())
+    console.print(
+        f"account {name!r} now weighs {weight} in the claim: waiting beside accounts that "
+        f"weigh 1, it is offered {weight} jobs for each one of theirs"
+    )
 
 
 def main() -> None:

@@ -56,6 +56,8 @@ async def test_accounts_commands_end_to_end(database_url: str) -> None:
         (("accounts", "create", "acme"), "already exists"),
         (("accounts", "create", "bad name!"), "not valid"),
         (("accounts", "set-quota", "acme", "0"), "between 1 and"),
+        (("accounts", "set-weight", "acme", "101"), "claim weight must be between 1 and 100"),
+        (("accounts", "set-weight", "ghost", "2"), "no account named 'ghost'"),
         (("accounts", "rotate-key", "ghost"), "no account named 'ghost'"),
     ]:
         refused = _bulkgen(*args, env=env)
@@ -66,11 +68,16 @@ async def test_accounts_commands_end_to_end(database_url: str) -> None:
     assert {k: v for k, v in listed.items() if k != "created_at"} == {
         "name": "acme",
         "concurrency_quota": 7,
+        "claim_weight": 1,
         "has_key": True,
         "batches": 0,
     }
     assert _bulkgen("accounts", "set-quota", "acme", "3", env=env).returncode == 0
     assert _accounts(database_url)[0]["concurrency_quota"] == 3
+    weighed = _bulkgen("accounts", "set-weight", "acme", "3", env=env)
+    assert weighed.returncode == 0, weighed.stderr
+    assert "now weighs 3" in weighed.stdout
+    assert _accounts(database_url)[0]["claim_weight"] == 3
 
     rotated = _bulkgen("accounts", "rotate-key", "acme", env=env)
     assert rotated.returncode == 0, rotated.stderr

@@ -98,3 +98,17 @@ async def test_the_claim_honours_a_quota_set_later(store: Store) -> None:
     )
     claimed = await store.jobs_claim(uuid.uuid4(), 10)
     assert len(claimed) == 2
+
+
+async def test_a_weight_is_set_checked_and_listed(store: Store) -> None:
+    await accounts.create_account(store, "acme")
+    (row,) = await accounts.list_accounts(store)
+    assert row.claim_weight == 1
+    await accounts.set_weight(store, "acme", 4)
+    (row,) = await accounts.list_accounts(store)
+    assert row.claim_weight == 4
+    for bad in (0, 101, True):
+        with pytest.raises(ConfigError, match="claim weight must be between 1 and 100"):
+            await accounts.set_weight(store, "acme", bad)
+    with pytest.raises(ConfigError, match="no account named 'ghost'"):
+        await accounts.set_weight(store, "ghost", 2)

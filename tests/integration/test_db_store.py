@@ -311,3 +311,62 @@ async def test_a_refused_outcome_undoes_the_claim_beside_it(store: Store) -> Non
     statuses = await store.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
     assert {r["status"]: r["n"] for r in statuses} == {"generating": 2, "queued": 2}
     assert await store.pool.fetchval("SELECT count(*) FROM results") == 0
+
+
+async def test_accounts_share_a_claim_in_proportion_to_their_weights(store: Store) -> None:
+    """Weight 3 beside weight 1: three jobs for every one, claim after claim, and the
+    lighter account is never left out."""
+    await _batch(store, "heavy", 60)
+    await _batch(store, "light", 60)
+    await store.pool.execute("UPDATE accounts SET claim_weight = 3 WHERE name = 'heavy'")
+    heavy, light = await store.account_ensure("heavy"), await store.account_ensure("light")
+    owner = uuid.uuid4()
+    for _ in range(3):  # jobs keep running: each claim is weighed against what runs
+        claimed = await store.jobs_claim(owner, 8)
+        served = [j.account_id for j in claimed]
+        assert (served.count(heavy), served.count(light)) == (6, 2)
+    finished = await store.jobs_claim(owner, 0)
+    assert finished == []
+    # Once the jobs end, the next claim splits the same way.
+    owned = sorted(await store.jobs_of_owner(owner))
+    assert len(await store.jobs_finish_done(owner, [_done(i) for i in owned])) == 24
+    served = [j.account_id for j in await store.jobs_claim(owner, 4)]
+    assert (served.count(heavy), served.count(light)) == (3, 1)
+
+
+async def test_a_weight_never_lifts_the_concurrency_quota(store: Store) -> None:
+    await _batch(store, "heavy", 20)
+    await _batch(store, "light", 20)
+    await store.pool.execute(
+        "UPDATE accounts SET claim_weight = 100, concurrency_quota = 2 WHERE name = 'heavy'"
+    )
+    heavy = await store.account_ensure("heavy")
+    owner = uuid.uuid4()
+    served = [j.account_id for j in await store.jobs_claim(owner, 10)]
+    assert served.count(heavy) == 2
+    # The claim came back short (light was offered its share only); the next one is light's.
+    served = [j.account_id for j in await store.jobs_claim(owner, 10)]
+    assert heavy not in served and len(served) == 10
+
+
+async def test_results_are_compressed_with_lz4_where_the_server_has_it(store: Store) -> None:
+    """pglz made compressing an article the largest part of the database's CPU per
+    finished job (migration 0011). A server built without lz4 (the embedded one) keeps
+    pglz and the migration still applies."""
+    async with store.pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "CREATE TEMP TABLE lz4_probe (x text COMPRESSION lz4) ON COMMIT DROP"
+                )
+            expected = b"l"
+        except asyncpg.FeatureNotSupportedError:
+            expected = b"\x00"  # the server's default, pglz
+        methods = await conn.fetch(
+            "SELECT attname, attcompression FROM pg_attribute"
+            " WHERE attrelid = 'results'::regclass AND attname IN ('content', 'html')"
+        )
+    assert {r["attname"]: r["attcompression"] for r in methods} == {
+        "content": expected,
+        "html": expected,
+    }

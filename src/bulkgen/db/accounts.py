@@ -18,6 +18,7 @@ __all__ = [
     "account_key_bootstrap",
     "account_key_set",
     "account_quota_set",
+    "account_weight_set",
     "accounts_list",
 ]
 
@@ -27,6 +28,7 @@ class AccountRow:
     id: int
     name: str
     concurrency_quota: int
+    claim_weight: int
     created_at: datetime
     has_key: bool
     batches: int
@@ -64,6 +66,12 @@ async def account_key_set(store: Store, name: str, key_hash: str | None) -> bool
 async def account_quota_set(store: Store, name: str, quota: int) -> bool:
     async with translate_errors("setting the concurrency quota"):
         found = await store.pool.fetchval(q.ACCOUNT_QUOTA_SET, name, quota)
+    return found is not None
+
+
+async def account_weight_set(store: Store, name: str, weight: int) -> bool:
+    async with translate_errors("setting the claim weight"):
+        found = await store.pool.fetchval(q.ACCOUNT_WEIGHT_SET, name, weight)
     return found is not None
 
 

@@ -95,22 +95,24 @@ WHERE batch_id = (SELECT id FROM b)
 # ``visit`` walks the claim index from the cursor (a skip scan: one index descent per
 # account, wrapping around after the last) until it has found twice the claim's size in
 # usable accounts (a job due now, below their concurrency quota), or has come back to its
-# first account. Of those, the ones with the fewest jobs running are picked (at most $2,
-# cursor order breaking ties), each offering an equal share of the claim within its free
+# first account. Of those, the ones with the fewest jobs running per unit of weight
+# (``accounts.claim_weight``, 1 by default) are picked (at most $2, cursor order breaking
+# ties), each offering a share of the claim in proportion to its weight, within its free
 # quota, FIFO within the account (run_after, id), locked with FOR UPDATE SKIP LOCKED so
 # concurrent claimers take different rows. Offers are interleaved round-robin (rank within
-# the account, then fewest running, then cursor order), and the cursor moves to the last
-# account served (or past every account visited, when none could be). A claim may come
-# back short (accounts with little queued, rows locked by another claimer); the worker then
-# simply claims again. The cursor row is updated only when free (SKIP LOCKED): claims never
-# wait for each other, and a concurrent one moves it instead. The quota is a soft cap:
-# concurrent claims may overshoot it by what they take at the same moment.
+# the account over its weight, then fewest running per weight, then cursor order), and the
+# cursor moves to the last account served (or past every account visited, when none could
+# be). A claim may come back short (accounts with little queued, rows locked by another
+# claimer); the worker then simply claims again. The cursor row is updated only when free
+# (SKIP LOCKED): claims never wait for each other, and a concurrent one moves it instead.
+# The quota is a soft cap: concurrent claims may overshoot it by what they take at the
+# same moment.
 JOBS_CLAIM = """
-WITH RECURSIVE visit(n, account_id, first_id, running, free, usable, found) AS (
-    SELECT 0, (SELECT account_id FROM claim_cursor), NULL::bigint, 0, 0, false, 0
+WITH RECURSIVE visit(n, account_id, first_id, running, weight, free, usable, found) AS (
+    SELECT 0, (SELECT account_id FROM claim_cursor), NULL::bigint, 0, 1, 0, false, 0
     UNION ALL
-    SELECT v.n + 1, s.account_id, coalesce(v.first_id, s.account_id), u.running, u.free,
-           u.usable, v.found + u.usable::int
+    SELECT v.n + 1, s.account_id, coalesce(v.first_id, s.account_id), u.running, u.weight,
+           u.free, u.usable, v.found + u.usable::int
     FROM visit v
     CROSS JOIN LATERAL (  -- the next account after v's, or the first one (wrapping)
         SELECT * FROM (
@@ -123,27 +125,28 @@ WITH RECURSIVE visit(n, account_id, first_id, running, free, usable, found) AS (
         ) after_or_first LIMIT 1
     ) s
     CROSS JOIN LATERAL (  -- its earliest run_after came with it: due now, and a free slot?
-        SELECT r.running, r.free, r.free > 0 AND s.run_after <= now() AS usable
-        FROM (SELECT x.running,
-                     coalesce((SELECT a.concurrency_quota FROM accounts a
-                               WHERE a.id = s.account_id), 0) - x.running AS free
+        SELECT r.running, r.weight, r.free, r.free > 0 AND s.run_after <= now() AS usable
+        FROM (SELECT x.running, coalesce(a.claim_weight, 1) AS weight,
+                     coalesce(a.concurrency_quota, 0) - x.running AS free
               FROM (SELECT count(*)::int AS running FROM jobs g
                     WHERE g.account_id = s.account_id AND g.status = 'generating') x
+              LEFT JOIN accounts a ON a.id = s.account_id
               OFFSET 0) r
     ) u
     WHERE v.found < 2 * $2 AND (v.first_id IS NULL OR s.account_id <> v.first_id)
 ),
 picked AS (
-    SELECT n, account_id, running, free FROM visit
-    WHERE n > 0 AND usable ORDER BY running, n LIMIT $2
+    SELECT n, account_id, running::float8 / weight AS load, weight, free FROM visit
+    WHERE n > 0 AND usable ORDER BY running::float8 / weight, n LIMIT $2
 ),
 offer AS (
-    SELECT n, account_id, running,
-           least(ceil($2::numeric / (SELECT count(*) FROM picked))::int, free) AS slots
+    SELECT n, account_id, load, weight,
+           least(ceil($2::numeric * weight / (SELECT sum(weight) FROM picked))::int, free)
+               AS slots
     FROM picked
 ),
 locked AS (
-    SELECT c.id, o.account_id, o.running, o.n,
+    SELECT c.id, o.account_id, o.load, o.weight, o.n,
            row_number() OVER (PARTITION BY o.account_id ORDER BY c.run_after, c.id) AS rank
     FROM offer o
     CROSS JOIN LATERAL (
@@ -155,7 +158,7 @@ locked AS (
     ) c
 ),
 chosen AS (
-    SELECT id, account_id, n FROM locked ORDER BY rank, running, n LIMIT $2
+    SELECT id, account_id, n FROM locked ORDER BY rank::float8 / weight, load, n LIMIT $2
 ),
 moved AS (
     UPDATE claim_cursor SET account_id = t.account_id
@@ -392,8 +395,10 @@ ACCOUNT_KEY_SET = "UPDATE accounts SET api_key_hash = $2 WHERE name = $1 RETURNI
 
 ACCOUNT_QUOTA_SET = "UPDATE accounts SET concurrency_quota = $2 WHERE name = $1 RETURNING id"
 
+ACCOUNT_WEIGHT_SET = "UPDATE accounts SET claim_weight = $2 WHERE name = $1 RETURNING id"
+
 ACCOUNTS_LIST = """
-SELECT a.id, a.name, a.concurrency_quota, a.created_at,
+SELECT a.id, a.name, a.concurrency_quota, a.claim_weight, a.created_at,
        a.api_key_hash IS NOT NULL AS has_key,
        (SELECT count(*) FROM batches b WHERE b.account_id = a.id) AS batches
 FROM accounts a

@@ -35,10 +35,11 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from bulkgen.db.store import ClaimedJob, DoneRow, FailedRow, RetryRow, Store
+from bulkgen.db.store import BatchRecord, ClaimedJob, DoneRow, FailedRow, RetryRow, Store
 from bulkgen.db.writer import FlushPolicy, Outcome, Refill, StatusWriter
 from bulkgen.economy import Economy
 from bulkgen.errors import BulkgenError, ConfigError, StorageError
@@ -83,9 +84,10 @@ class WorkerConfig:
     cache_scope: Literal["account", "global"]
     burst: bool = False
     # Batch plans a worker keeps, the least recently used dropped first. A plan is one small
-    # row and a miss costs one read by primary key, so a few dozen cover the batches a worker
-    # interleaves while its memory stays flat however many batches it sees in its life.
-    plan_cache_size: int = 64
+    # row (options and template text) and the plans a claim lacks cost one read together,
+    # so a few hundred cover the batches a claim over many accounts brings, while memory
+    # stays flat however many batches a worker sees in its life.
+    plan_cache_size: int = 512
 
 
 @dataclass
@@ -285,6 +287,7 @@ class Worker:
             wake.cancel()
 
     def _start_all(self, jobs: list[ClaimedJob]) -> None:
+        self._load_plans_together(jobs)
         for job in jobs:
             task = asyncio.create_task(self._run_job(job), name=f"bulkgen-job-{job.id}")
             self._inflight[task] = job
@@ -297,10 +300,7 @@ class Worker:
         is harmless, its jobs hold the load they await."""
         loading = self._plans.get(batch_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._load_plan(batch_id))
-            self._plans[batch_id] = loading
-            while len(self._plans) > self.config.plan_cache_size:
-                self._plans.popitem(last=False)
+            loading = self._remember(batch_id, self._load_plan(batch_id))
         else:
             self._plans.move_to_end(batch_id)
         try:
@@ -310,10 +310,43 @@ class Worker:
                 del self._plans[batch_id]  # a failed load is retried by the next job
             raise
 
+    def _remember(
+        self, batch_id: uuid.UUID, load: Awaitable[BatchPlan]
+    ) -> asyncio.Future[BatchPlan]:
+        loading = asyncio.ensure_future(load)
+        # A load dropped from the cache before any job awaited it is not an error to report.
+        loading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._plans[batch_id] = loading
+        while len(self._plans) > self.config.plan_cache_size:
+            self._plans.popitem(last=False)
+        return loading
+
+    def _load_plans_together(self, jobs: list[ClaimedJob]) -> None:
+        """The plans a claim needs and this worker lacks, read by one statement: a claim
+        over many accounts (each with a batch of its own) would otherwise cost one read per
+        job. A single missing plan is left to its first job to load, as any other."""
+        missing = list(dict.fromkeys(j.batch_id for j in jobs if j.batch_id not in self._plans))
+        if len(missing) < 2:
+            return
+        reading = asyncio.ensure_future(self.store.batches_get(missing))
+        for batch_id in missing:
+            self._remember(batch_id, self._plan_from(reading, batch_id))
+
+    async def _plan_from(
+        self, reading: asyncio.Future[dict[uuid.UUID, BatchRecord]], batch_id: uuid.UUID
+    ) -> BatchPlan:
+        batch = (await asyncio.shield(reading)).get(batch_id)
+        if batch is None:
+            raise ConfigError(f"batch {batch_id} does not exist")
+        return self._plan_of(batch)
+
     async def _load_plan(self, batch_id: uuid.UUID) -> BatchPlan:
         batch = await self.store.batch_get(batch_id)
         if batch is None:
             raise ConfigError(f"batch {batch_id} does not exist")
+        return self._plan_of(batch)
+
+    def _plan_of(self, batch: BatchRecord) -> BatchPlan:
         return BatchPlan(
             account_id=batch.account_id,
             options=stored_options(batch.options),
@@ -391,6 +424,8 @@ class Worker:
         the drain releases what it interrupts itself."""
         if self._stopping.is_set():
             return
+        if self._claim_lock.locked():  # a claim (or a flush claiming) is on its way: look
+            return  # next beat, rather than hold the heartbeat up behind it
         async with self._claim_lock:
             unrun = await self.store.jobs_of_owner(self.id) - {
                 job.id for job in self._inflight.values()

@@ -6,8 +6,8 @@ whose query text carries the statement's marker names a prepared statement; a ``
 that statement means one is on its way. From then on the proxy watches for the
 ``ReadyForQuery`` that says the transaction is over (status idle): an implicit transaction
 ends at ``Sync``, an explicit one at ``COMMIT``, and PostgreSQL has committed by the time
-it says so. That last answer is held back and, when armed and the statement returned rows,
-never delivered: the proxy drops both sides of the connection instead. The change is in
+it says so. That last answer is held back and, when armed and the transaction returned
+rows, never delivered: the proxy drops both sides of the connection instead. The change is in
 the database and the worker never learns it. That is the ambiguous failure
 of a real network, made to happen on demand.
 
@@ -42,6 +42,7 @@ class _Link:
     from_server: bytearray = field(default_factory=bytearray)
     held: bytearray = field(default_factory=bytearray)
     held_rows: int = 0
+    in_transaction: bool = False  # the marked statement ran in a transaction still open
 
 
 class AnswerDroppingProxy:
@@ -162,13 +163,20 @@ class AnswerDroppingProxy:
             if not link.pending:
                 out += message
                 continue
-            link.held += message
             link.held_rows += message[0:1] == b"D"
+            if link.in_transaction and message[0:1] != b"Z":
+                # Answers within the transaction go on as they come: the client may wait
+                # for one that no ReadyForQuery follows (asyncpg prepares a statement with
+                # Flush, not Sync). Only the transaction's end is held.
+                out += message
+                continue
+            link.held += message
             if message[0:1] != b"Z":
                 continue
             if message[5:6] != b"I":  # still in a transaction: its COMMIT is yet to come
                 out += link.held
                 link.held.clear()
+                link.in_transaction = True
                 continue
             if self.armed and link.held_rows:
                 self.armed -= 1
@@ -178,7 +186,7 @@ class AnswerDroppingProxy:
                 return False
             out += link.held
             link.held.clear()
-            link.held_rows, link.pending = 0, False
+            link.held_rows, link.pending, link.in_transaction = 0, False, False
         if out:
             link.client.write(bytes(out))
             await link.client.drain()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
+from bulkgen.db.store import BatchRecord
 from bulkgen.service import worker_config
 from bulkgen.simulator import SimConfig, running_simulator
 from bulkgen.worker import Worker
@@ -32,3 +35,35 @@ async def test_worker_over_many_batches_keeps_a_bounded_plan_cache(database_url:
         finally:
             await svc.aclose()
     assert 1 <= len(worker._plans) <= 2
+
+
+async def test_the_plans_a_claim_lacks_are_read_together(database_url: str) -> None:
+    """Eight accounts, a batch each: the first claim takes a job of every batch, and their
+    eight plans come from one read, not one per job."""
+    sim = SimConfig(rpm=None, tpm=None, ttft_ms=0, tokens_per_s=0, seed=4)
+    async with running_simulator(sim) as base_url:
+        svc = await start(make_settings(database_url, base_url))
+        reads: list[int] = []
+        store_get, store_get_many = svc.store.batch_get, svc.store.batches_get
+
+        async def batch_get(batch_id: uuid.UUID) -> BatchRecord | None:
+            reads.append(1)
+            return await store_get(batch_id)
+
+        async def batches_get(batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, BatchRecord]:
+            reads.append(len(batch_ids))
+            return await store_get_many(batch_ids)
+
+        try:
+            batches = [
+                await submit(svc, 3, account=f"a{i}", max_tokens=800, target_words=100)
+                for i in range(8)
+            ]
+            svc.store.batch_get = batch_get  # type: ignore[method-assign]
+            svc.store.batches_get = batches_get  # type: ignore[method-assign]
+            await svc.worker(concurrency=8, burst=True).run()
+            for batch_id in batches:
+                assert await statuses(svc, batch_id) == {"done": 3}
+        finally:
+            await svc.aclose()
+    assert reads == [8]

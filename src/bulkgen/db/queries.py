@@ -40,12 +40,23 @@ SELECT pg_notify('bulkgen_jobs', id::text) FROM batch
 
 JOBS_NOTIFY = "SELECT pg_notify('bulkgen_jobs', $1)"
 
-BATCH_GET = """
-SELECT b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
-       b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason,
-       b.mode, b.deadline_at, b.fallback_online
+_BATCH_COLUMNS = """
+b.id, b.account_id, a.name AS account, b.options, b.template, b.template_version,
+b.total, b.budget_usd, b.created_at, b.cancelled_at, b.cancel_reason,
+b.mode, b.deadline_at, b.fallback_online
+"""
+
+BATCH_GET = f"""
+SELECT {_BATCH_COLUMNS}
 FROM batches b JOIN accounts a ON a.id = b.account_id
 WHERE b.id = $1
+"""
+
+# The batches of a claim's jobs, in one read (a claim over many accounts has many).
+BATCHES_GET = f"""
+SELECT {_BATCH_COLUMNS}
+FROM batches b JOIN accounts a ON a.id = b.account_id
+WHERE b.id = ANY($1::uuid[])
 """
 
 BATCH_COUNTS = """

@@ -183,6 +183,12 @@ class Store:
             row = await self.pool.fetchrow(q.BATCH_GET, batch_id)
         return BatchRecord(**dict(row)) if row else None
 
+    async def batches_get(self, batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, BatchRecord]:
+        """Several batches by id in one statement; those that do not exist are left out."""
+        async with translate_errors("reading batches"):
+            rows = await self.pool.fetch(q.BATCHES_GET, list(batch_ids))
+        return {row["id"]: BatchRecord(**dict(row)) for row in rows}
+
     async def batch_counts(self, batch_id: uuid.UUID) -> list[StatusCount]:
         async with translate_errors("counting the batch"):
             rows = await self.pool.fetch(q.BATCH_COUNTS, batch_id)

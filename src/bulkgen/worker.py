@@ -246,7 +246,7 @@ class Worker:
 
     def _refill_size(self, freed: int) -> int:
         """Jobs a status flush should claim along with ``freed`` outcomes of this worker's
-        jobs: the slots free once they are written. None while stopping or while a breaker
+        jobs: the slots free once they are written. 0 while stopping or while a breaker
         holds claims back."""
         if self._stopping.is_set() or not self.pipeline.allows_claim():
             return 0

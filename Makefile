@@ -41,6 +41,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/capacity.py --workers 1 3
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/markdown.py
+	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/economy.py
 

@@ -366,10 +366,19 @@ class BudgetLedger:
             return self._caps[batch_id], None
         seed = await self._read(batch_id)
         if batch_id not in self._caps:  # callers sharing one read store it once
-            if len(self._caps) >= _MAX_BATCHES_KNOWN:  # a long-lived worker sees many
-                del self._caps[next(iter(self._caps))]
-            self._caps[batch_id] = None if seed.cap_usd is None else to_nusd(seed.cap_usd)
+            self._remember_cap(batch_id, None if seed.cap_usd is None else to_nusd(seed.cap_usd))
         return self._caps[batch_id], seed
+
+    def note_uncapped(self, batch_id: uuid.UUID) -> None:
+        """The batch has no cap, as a read of its row for another purpose (the worker's
+        batch plan) just said: its first job then needs no read of its own here."""
+        if batch_id not in self._caps:
+            self._remember_cap(batch_id, None)
+
+    def _remember_cap(self, batch_id: uuid.UUID, cap_nusd: int | None) -> None:
+        if len(self._caps) >= _MAX_BATCHES_KNOWN:  # a long-lived worker sees many
+            del self._caps[next(iter(self._caps))]
+        self._caps[batch_id] = cap_nusd
 
     async def _read(self, batch_id: uuid.UUID) -> BudgetSeed:
         """One database read for every caller asking about a batch while it runs. The read

@@ -321,6 +321,17 @@ class Worker:
             self._plans.popitem(last=False)
         return loading
 
+    def _prefetch_plan(self, payload: str) -> None:
+        """A new batch was announced (the notification carries its id): read its plan
+        while its first jobs are being claimed, not after. A worker whose claim goes to
+        another worker has read one small row for nothing."""
+        try:
+            batch_id = uuid.UUID(payload)
+        except ValueError:  # other notifications (an economy fallback) carry no batch
+            return
+        if batch_id not in self._plans and not self._stopping.is_set():
+            self._remember(batch_id, self._load_plan(batch_id))
+
     def _load_plans_together(self, jobs: list[ClaimedJob]) -> None:
         """The plans a claim needs and this worker lacks, read by one statement: a claim
         over many accounts (each with a batch of its own) would otherwise cost one read per
@@ -347,6 +358,8 @@ class Worker:
         return self._plan_of(batch)
 
     def _plan_of(self, batch: BatchRecord) -> BatchPlan:
+        if batch.budget_usd is None and self.pipeline.budget is not None:
+            self.pipeline.budget.note_uncapped(batch.id)  # a cap never changes after submit
         return BatchPlan(
             account_id=batch.account_id,
             options=stored_options(batch.options),
@@ -460,8 +473,9 @@ class Worker:
         (see ``db.pool``), and closing is the one way out that cannot fail half-way or be
         interrupted, so the LISTEN never reaches another caller."""
 
-        def on_notify(*_: object) -> None:
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: object, /) -> None:
             self._wake.set()
+            self._prefetch_plan(str(payload))
 
         while True:
             try:

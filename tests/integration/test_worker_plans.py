@@ -67,3 +67,23 @@ async def test_the_plans_a_claim_lacks_are_read_together(database_url: str) -> N
         finally:
             await svc.aclose()
     assert reads == [8]
+
+
+async def test_an_announced_batch_has_its_plan_read_before_its_jobs_are_claimed(
+    database_url: str,
+) -> None:
+    sim = SimConfig(rpm=None, tpm=None, ttft_ms=0, tokens_per_s=0, seed=4)
+    async with running_simulator(sim) as base_url:
+        svc = await start(make_settings(database_url, base_url))
+        try:
+            batch_id = await submit(svc, 1, max_tokens=800, target_words=100)
+            worker = svc.worker(burst=True)
+            worker._prefetch_plan("fallback")  # an economy fallback names no batch
+            worker._prefetch_plan(str(batch_id))  # what the enqueue's NOTIFY carries
+            assert list(worker._plans) == [batch_id]
+            plan = await worker._plans[batch_id]
+            assert plan.account_id == await svc.store.account_ensure("acme")
+            await worker.run()
+            assert await statuses(svc, batch_id) == {"done": 1}
+        finally:
+            await svc.aclose()

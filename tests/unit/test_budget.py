@@ -210,3 +210,21 @@ async def test_a_cancelled_caller_does_not_cancel_the_read_others_share() -> Non
     assert await staying is not None
     assert leaving.cancelled()
     assert loader.reads == 1
+
+
+async def test_a_batch_known_to_have_no_cap_is_never_read() -> None:
+    loader = Loader(None)
+    budget = ledger(loader)
+    budget.note_uncapped(BATCH)
+    assert await budget.reserve(BATCH, "m", 1_000, 1_000) is None
+    assert loader.reads == 0
+
+
+async def test_a_cap_already_read_is_not_forgotten_by_a_note() -> None:
+    loader = Loader("0.000001")  # 1,000 nano-USD: a 1,000-token call would pass it
+    budget = ledger(loader)
+    with pytest.raises(BudgetExceeded):
+        await budget.reserve(BATCH, "m", 1_000, 1_000)
+    budget.note_uncapped(BATCH)  # a stale note must not lift a cap already known
+    with pytest.raises(BudgetExceeded):
+        await budget.reserve(BATCH, "m", 1_000, 1_000)

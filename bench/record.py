@@ -116,6 +116,9 @@ class Run:
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_s: float = field(default_factory=time.monotonic)
     load_at_start: tuple[float, ...] = field(default_factory=os.getloadavg)
+    # Read when the run starts: the code measured is the code loaded then, whatever the tree
+    # holds by the time a long run ends.
+    source: dict[str, Any] = field(default_factory=git_state)
 
     def finish(
         self,
@@ -127,7 +130,7 @@ class Run:
         """Print the result as one JSON line and write it to ``out``; return it."""
         result = {
             "benchmark": self.name,
-            **git_state(),
+            **self.source,
             "date": self.started.isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - self.started_s, 1),
             "command": command_line(),

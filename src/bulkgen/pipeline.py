@@ -62,6 +62,9 @@ class BatchPlan:
     options: BatchOptions
     template: PromptTemplate
     cache_scope_mode: Literal["account", "global"] = "account"
+    # False when the batch's row (read for this plan) shows it has no budget cap: the
+    # budget ledger then need not read that row again. True: it may have one.
+    capped: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class Pipeline:
 
     async def _run(self, job: ClaimedJob, plan: BatchPlan, receipt: Receipt) -> Outcome:
         started = time.monotonic()
+        if not plan.capped and self.budget is not None:
+            self.budget.note_uncapped(job.batch_id)  # a cap never changes after submit
         try:
             request = await self.build_request(job, plan)
             key = cache_key(

@@ -358,13 +358,12 @@ class Worker:
         return self._plan_of(batch)
 
     def _plan_of(self, batch: BatchRecord) -> BatchPlan:
-        if batch.budget_usd is None and self.pipeline.budget is not None:
-            self.pipeline.budget.note_uncapped(batch.id)  # a cap never changes after submit
         return BatchPlan(
             account_id=batch.account_id,
             options=stored_options(batch.options),
             template=PromptTemplate.from_text(batch.template),
             cache_scope_mode=self.config.cache_scope,
+            capped=batch.budget_usd is not None,
         )
 
     async def _run_job(self, job: ClaimedJob) -> None:

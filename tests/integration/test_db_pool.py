@@ -84,8 +84,6 @@ async def test_a_failed_migration_leaves_no_advisory_lock_on_the_connection(
 class IdlePipeline:
     """A worker with nothing to run: only its LISTEN connection matters here."""
 
-    budget = None  # no batch of these has a cap to check
-
     def allows_claim(self) -> bool:
         return True
 

@@ -21,8 +21,6 @@ pytestmark = pytest.mark.postgres
 class StuckPipeline:
     """Stands in for provider calls or limiter waits that never end by themselves."""
 
-    budget = None  # no batch of these has a cap to check
-
     def __init__(self) -> None:
         self.running: set[int] = set()
         self.full = asyncio.Event()  # set once two calls are stuck

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -212,3 +213,21 @@ async def test_an_answer_is_parsed_once_whether_fresh_or_cached(
             expected.title,
             expected.word_count,
         )
+
+
+async def test_a_plan_without_a_cap_spares_the_budget_its_read(renderer: TemplateRenderer) -> None:
+    reads: list[uuid.UUID] = []
+
+    async def no_cap(batch_id: uuid.UUID) -> BudgetSeed:
+        reads.append(batch_id)
+        return BudgetSeed(None, Decimal(0))
+
+    provider = GatedProvider()
+    provider.release.set()
+    pipeline = await _pipeline(no_cap, provider, renderer, wait_s=1)
+    uncapped = replace(PLAN, capped=False)  # its batch row, read for the plan, had no cap
+    assert isinstance(await pipeline.run(_job(1, uuid.uuid4()), uncapped), DoneRow)
+    assert reads == []
+    maybe_capped = uuid.uuid4()
+    assert isinstance(await pipeline.run(_job(2, maybe_capped), PLAN), DoneRow)
+    assert reads == [maybe_capped]  # a plan that may have a cap: the ledger reads it

@@ -66,11 +66,16 @@ async def test_stop_while_full_returns_jobs_within_the_grace_period(store: Store
     pipeline = StuckPipeline()
     worker = Worker(store, pipeline, config, metrics=Metrics())  # type: ignore[arg-type]
     running = asyncio.create_task(worker.run())
-    await asyncio.wait_for(pipeline.full.wait(), 60)  # both slots busy before the stop
-    worker.stop()
-    # The calls never end by themselves: the worker returning at all means it gave up on
-    # them once the grace period was over (the bound only keeps a hang from lasting).
-    await asyncio.wait_for(running, 30)
+    try:
+        await asyncio.wait_for(pipeline.full.wait(), 60)  # both slots busy before the stop
+        worker.stop()
+        # The calls never end by themselves: the worker returning at all means it gave up
+        # on them once the grace period was over (the bound only keeps a hang from lasting).
+        await asyncio.wait_for(running, 30)
+    finally:
+        if not running.done():  # a failure above must not leave it holding the pool open
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
     assert pipeline.cancelled == 2
     counts = {c.status: c.jobs for c in await store.batch_counts(batch_id)}
     assert counts == {"queued": 6}

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -263,25 +263,16 @@ class Store:
         is its own transaction: an explicit BEGIN and COMMIT around it would only add two
         round trips. The deferred check that a ``done`` job has its result runs at that
         statement's commit."""
-        if not rows:
-            return set()
         async with translate_errors("finishing jobs"):
-            written = await self.pool.fetch(q.JOBS_FINISH_DONE, worker_id, *_done_columns(rows))
-        return {r["job_id"] for r in written}
+            return await _finish_done(self.pool, worker_id, rows)
 
     async def jobs_finish_retry(self, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:
-        if not rows:
-            return set()
         async with translate_errors("scheduling retries"):
-            written = await self.pool.fetch(q.JOBS_FINISH_RETRY, worker_id, *_retry_columns(rows))
-        return {r["id"] for r in written}
+            return await _finish_retry(self.pool, worker_id, rows)
 
     async def jobs_finish_failed(self, worker_id: uuid.UUID, rows: Sequence[FailedRow]) -> set[int]:
-        if not rows:
-            return set()
         async with translate_errors("failing jobs"):
-            written = await self.pool.fetch(q.JOBS_FINISH_FAILED, worker_id, *_failed_columns(rows))
-        return {r["id"] for r in written}
+            return await _finish_failed(self.pool, worker_id, rows)
 
     async def jobs_finish_and_claim(
         self, worker_id: uuid.UUID, outcomes: Sequence[DoneRow | RetryRow | FailedRow], n: int
@@ -294,24 +285,20 @@ class Store:
         own, which halves the transactions a busy worker makes. All or nothing: if any
         statement (or the deferred done-needs-result check at commit) fails, no outcome is
         written and nothing is claimed."""
-        done = [r for r in outcomes if isinstance(r, DoneRow)]
-        retry = [r for r in outcomes if isinstance(r, RetryRow)]
-        failed = [r for r in outcomes if isinstance(r, FailedRow)]
-        written: set[int] = set()
         async with (
             translate_errors("finishing and claiming jobs"),
             self.pool.acquire() as conn,
             conn.transaction(),
         ):
-            if done:
-                rows = await conn.fetch(q.JOBS_FINISH_DONE, worker_id, *_done_columns(done))
-                written |= {r["job_id"] for r in rows}
-            if retry:
-                rows = await conn.fetch(q.JOBS_FINISH_RETRY, worker_id, *_retry_columns(retry))
-                written |= {r["id"] for r in rows}
-            if failed:
-                rows = await conn.fetch(q.JOBS_FINISH_FAILED, worker_id, *_failed_columns(failed))
-                written |= {r["id"] for r in rows}
+            written = await _finish_done(
+                conn, worker_id, [r for r in outcomes if isinstance(r, DoneRow)]
+            )
+            written |= await _finish_retry(
+                conn, worker_id, [r for r in outcomes if isinstance(r, RetryRow)]
+            )
+            written |= await _finish_failed(
+                conn, worker_id, [r for r in outcomes if isinstance(r, FailedRow)]
+            )
             claimed = await conn.fetch(q.JOBS_CLAIM, worker_id, n) if n > 0 else []
         return written, [ClaimedJob(**dict(r)) for r in claimed]
 
@@ -384,6 +371,32 @@ def pg_text(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+# Where a finish statement runs: the pool (a transaction of its own) or a connection
+# inside a caller's transaction.
+Executor: TypeAlias = "asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
+
+
+async def _finish_done(db: Executor, worker_id: uuid.UUID, rows: Sequence[DoneRow]) -> set[int]:
+    if not rows:
+        return set()
+    written = await db.fetch(q.JOBS_FINISH_DONE, worker_id, *_done_columns(rows))
+    return {r["job_id"] for r in written}
+
+
+async def _finish_retry(db: Executor, worker_id: uuid.UUID, rows: Sequence[RetryRow]) -> set[int]:
+    if not rows:
+        return set()
+    written = await db.fetch(q.JOBS_FINISH_RETRY, worker_id, *_retry_columns(rows))
+    return {r["id"] for r in written}
+
+
+async def _finish_failed(db: Executor, worker_id: uuid.UUID, rows: Sequence[FailedRow]) -> set[int]:
+    if not rows:
+        return set()
+    written = await db.fetch(q.JOBS_FINISH_FAILED, worker_id, *_failed_columns(rows))
+    return {r["id"] for r in written}
 
 
 def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
